@@ -1,0 +1,163 @@
+"""On-disk cache of DDIM inversions: safetensors files keyed by everything the inversion depends on.
+
+Writes are atomic (temp file + rename), the total size is bounded with least-recently-used eviction, and a
+lock file serialises writers and eviction across processes; readers never see a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import AnyV2VError
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Inversion:
+    """Inverted latents of one clip, one per inversion timestep (ascending)."""
+
+    latents: dict[int, torch.Tensor]  # timestep -> [1, C, F, h, w]
+    key: str
+
+    def at(self, timestep: int) -> torch.Tensor:
+        return self.latents[int(timestep)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.latents.values())
+
+
+def inversion_key(frames: list[Image.Image], model_fingerprint: str, settings: dict) -> str:
+    """Content hash of the prepared frames plus every setting the inversion depends on."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"format": CACHE_FORMAT, "model": model_fingerprint, **settings}, sort_keys=True).encode())
+    for frame in frames:
+        array = np.asarray(frame.convert("RGB"))
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _touch(path: Path) -> None:
+    """Mark as just used. An explicit nanosecond time: the kernel's own clock tick can be coarser than uses."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
+class InversionCache:
+    """Bounded LRU store of inversions in `directory`. `max_bytes` 0 disables the cache."""
+
+    def __init__(self, directory: str | os.PathLike, max_bytes: int) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = int(max_bytes)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}.safetensors"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def get(self, key: str) -> Inversion | None:
+        if not self.enabled:
+            return None
+        path = self._path(key)
+        try:
+            tensors = load_file(str(path))
+            _touch(path)
+        except (FileNotFoundError, SafetensorError, OSError):
+            return None  # absent, evicted meanwhile, or unreadable: invert again
+        latents = {int(name.removeprefix("t")): tensor for name, tensor in tensors.items()}
+        return Inversion(latents=dict(sorted(latents.items())), key=key)
+
+    def check_space(self, nbytes: int) -> None:
+        """Fail before a long inversion when its result could not be stored."""
+        if not self.enabled:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.directory).free
+        if free < nbytes + (64 << 20):
+            raise AnyV2VError(
+                f"not enough disk space for the inversion cache in {self.directory}: it needs about "
+                f"{nbytes / 2**20:.0f} MB and {free / 2**20:.0f} MB are free. Free some space, choose another "
+                "--cache-dir, or pass --cache-max-gb 0 to run without the cache."
+            )
+
+    def put(self, inversion: Inversion, metadata: dict | None = None) -> bool:
+        """Store an inversion; returns False when it is larger than the whole cache budget."""
+        if not self.enabled or inversion.nbytes > self.max_bytes:
+            return False
+        tensors = {f"t{t}": latent.contiguous().cpu() for t, latent in inversion.latents.items()}
+        meta = {"format": str(CACHE_FORMAT), "created": str(time.time())}
+        meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
+        with self._locked():
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
+            os.close(fd)
+            try:
+                save_file(tensors, tmp, metadata=meta)
+                os.replace(tmp, self._path(inversion.key))
+                _touch(self._path(inversion.key))
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            self._evict(keep=inversion.key)
+        return True
+
+    def entries(self) -> list[tuple[Path, int, int]]:
+        """(path, size, last use) of every stored inversion, oldest first."""
+        if not self.directory.exists():
+            return []
+        found = []
+        for path in self.directory.glob("*.safetensors"):
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.stat()
+                found.append((path, stat.st_size, stat.st_mtime_ns))
+        return sorted(found, key=lambda entry: entry[2])
+
+    def size(self) -> int:
+        return sum(size for _, size, _ in self.entries())
+
+    def _evict(self, keep: str) -> None:
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        for path, size, _ in entries:
+            if total <= self.max_bytes:
+                break
+            if path.stem == keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            total -= size
+        # Temp files of writers that died are garbage after a while.
+        for stale in self.directory.glob(".tmp-*.safetensors"):
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - stale.stat().st_mtime > 3600:  # seconds
+                    stale.unlink()

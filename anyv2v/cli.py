@@ -1,0 +1,264 @@
+"""`python -m anyv2v`: edit, invert, make-tiny-model, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from typing import Any
+
+from .config import PRESETS, EditConfig, preset_config
+from .errors import AnyV2VError, ConfigError
+
+# CLI flag -> EditConfig field, for flags that override a config file or preset.
+_OVERRIDES = (
+    "model", "tau_conv", "tau_sa", "tau_ta", "start_index", "steps", "inversion_steps", "guidance",
+    "negative_prompt", "random_ratio", "frames", "fps", "start_time", "seed", "device", "dtype",
+    "cache_dir", "cache_max_gb", "resize_mode", "decode_chunk_size",
+)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x512, got {text!r}") from None
+    return width, height
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, sampling: bool = True) -> None:
+    group = parser.add_argument_group("settings (override --config and --preset)")
+    group.add_argument("--model", help="I2VGen-XL hub id or local diffusers folder (default ali-vilab/i2vgen-xl)")
+    group.add_argument("--config", help="YAML file of settings")
+    group.add_argument("--preset", choices=sorted(PRESETS), help="paper (500 inversion steps) or fast (100)")
+    group.add_argument("--frames", type=int, help="frames to edit (default 16; 0 = the whole clip)")
+    group.add_argument("--fps", type=int, help="sampling rate of the clip and the output (default 8)")
+    group.add_argument("--start-time", type=float, help="seconds into the video to start (default 0)")
+    group.add_argument("--size", type=_size, help="working size WxH (default 512x512)")
+    group.add_argument("--resize-mode", choices=("crop", "keep_aspect"), help="crop (default) or keep_aspect")
+    group.add_argument("--inversion-steps", type=int, help="DDIM inversion steps (default 500)")
+    group.add_argument("--seed", type=int, help="random seed (default 8888)")
+    group.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if present)")
+    group.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default float16 on cuda, float32 on cpu")
+    group.add_argument("--cpu-offload", action="store_true", default=None, help="keep models on the CPU until used")
+    group.add_argument("--cache-dir", help="inversion cache folder")
+    group.add_argument("--cache-max-gb", type=float, help="inversion cache budget in GB (0 disables the cache)")
+    if sampling:
+        group.add_argument("--tau-conv", type=float, help="conv injection fraction of steps (default 0.2)")
+        group.add_argument("--tau-sa", type=float, help="spatial attention Q/K injection fraction (default 0.2)")
+        group.add_argument("--tau-ta", type=float, help="temporal attention Q/K injection fraction (default 0.5)")
+        group.add_argument("--start-index", type=int, help="T': first sampling step (default 0)")
+        group.add_argument("--steps", type=int, help="sampling steps (default 50)")
+        group.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 9)")
+        group.add_argument("--negative-prompt", help="negative prompt")
+        group.add_argument("--random-ratio", type=float, help="fresh noise blended into the start latent (default 0)")
+        group.add_argument("--decode-chunk-size", type=int, help="frames decoded at once by the VAE (default 4)")
+        group.add_argument("--keep-audio", action="store_true", default=None, help="keep the source audio, trimmed")
+
+
+def config_from_args(args: argparse.Namespace) -> EditConfig:
+    config = preset_config(args.preset) if args.preset else EditConfig()
+    if args.config:
+        loaded = EditConfig.load_yaml(args.config)
+        config = loaded if not args.preset else config.replace(
+            **{k: v for k, v in loaded.to_dict().items() if v != getattr(EditConfig(), k)}
+        )
+    changes: dict[str, Any] = {}
+    for name in _OVERRIDES:
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+    if getattr(args, "size", None):
+        changes["width"], changes["height"] = args.size
+    for flag in ("cpu_offload", "keep_audio"):
+        if getattr(args, flag, None):
+            changes[flag] = True
+    return config.replace(**changes).validate()
+
+
+class TqdmProgress:
+    """One tqdm bar per engine stage."""
+
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self._bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        bar = self._bars.get(stage)
+        if bar is None:
+            bar = self._bars[stage] = self._tqdm(total=total, desc=stage, unit="step", file=sys.stderr)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .pipeline import run_edit
+
+    config = config_from_args(args)
+    progress = TqdmProgress()
+    try:
+        result = run_edit(args.video, args.edited_frame, args.prompt, config, args.out, overwrite=args.overwrite, progress=progress)
+    finally:
+        progress.close()
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    cached = "reused from cache" if result.inversion_from_cache else "computed and cached"
+    print(f"wrote {result.video_path} ({result.frames} frames, {result.size[0]}x{result.size[1]}, {result.fps} fps; inversion {cached})")
+    print(f"wrote {result.json_path}")
+    return 0
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .backbone import load_scheduler_config
+    from .cache import InversionCache
+    from .device import oom_guard
+    from .pipeline import BACKBONES, OOM_ADVICE, get_inversion, prepare_clip
+    from .schedule import check_inversion_steps
+
+    config = config_from_args(args)
+    if config.cache_max_gb <= 0:
+        raise ConfigError("invert fills the cache; --cache-max-gb 0 disables it.")
+    if args.steps is not None:
+        check_inversion_steps(load_scheduler_config(config.model), args.steps, config.inversion_steps)
+    clip = prepare_clip(args.video, config)
+    progress = TqdmProgress()
+    calls: Counter = Counter()
+    try:
+        with oom_guard(OOM_ADVICE):
+            backbone = BACKBONES.get(config.model, config.device, config.dtype, config.cpu_offload)
+            cache = InversionCache(config.cache_dir, int(config.cache_max_gb * 2**30))
+            inversion, from_cache = get_inversion(backbone, clip, config, cache, calls, progress)
+    finally:
+        progress.close()
+    state = "already cached" if from_cache else f"inverted with {sum(calls.values())} UNet calls and cached"
+    print(f"{args.video}: {state} in {config.cache_dir} (key {inversion.key})")
+    return 0
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from .tiny import make_tiny_model
+
+    if os.path.exists(args.dir) and os.listdir(args.dir) and not args.overwrite:
+        raise AnyV2VError(f"{args.dir} is not empty; choose a new folder or pass --overwrite.")
+    path = make_tiny_model(args.dir, seed=args.seed)
+    print(f"wrote a tiny random I2VGen-XL to {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import edit_flops, peak_memory, unet_flops_per_call
+    from .pipeline import BACKBONES, run_edit
+
+    config = config_from_args(args)
+    with tempfile.TemporaryDirectory(prefix="anyv2v-bench-") as workdir:
+        if args.cache_dir is None:
+            config = config.replace(cache_dir=os.path.join(workdir, "cache"))  # measure a real inversion
+        result = run_edit(args.video, args.edited_frame, args.prompt, config, os.path.join(workdir, "bench.mp4"))
+        backbone = BACKBONES.get(config.model, config.device, config.dtype, config.cpu_offload)
+        width, height = result.size
+        per_call = unet_flops_per_call(dict(backbone.unet.config), result.frames, height, width, backbone.vae_scale_factor)
+        report = {
+            "model": config.model,
+            "device": str(backbone.device),
+            "dtype": str(backbone.dtype).removeprefix("torch."),
+            "frames": result.frames,
+            "size": [width, height],
+            "steps": config.steps,
+            "inversion_steps": config.inversion_steps,
+            "taus": {"conv": config.tau_conv, "spatial": config.tau_sa, "temporal": config.tau_ta},
+            "inversion_from_cache": result.inversion_from_cache,
+            "unet_calls": result.unet_calls,
+            "unet_flops_per_call_batch1": per_call,
+            "flops_per_edit": edit_flops(result.unet_calls, per_call),
+            "seconds": result.seconds,
+            "seconds_total": round(sum(result.seconds.values()), 4),
+            "peak_memory": peak_memory(backbone.device),
+        }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m anyv2v", description="AnyV2V video editing on I2VGen-XL.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    edit = sub.add_parser("edit", help="propagate an edited first frame through a video")
+    edit.add_argument("--video", required=True, help="source video (mp4, mov, webm, avi, mkv, gif)")
+    edit.add_argument("--edited-frame", required=True, help="the edited first frame (PNG/JPEG)")
+    edit.add_argument("--prompt", required=True, help="caption of the edited video (not an instruction)")
+    edit.add_argument("--out", required=True, help="output .mp4 (a .json of settings is written beside it)")
+    edit.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_config_flags(edit)
+    edit.set_defaults(func=cmd_edit)
+
+    inv = sub.add_parser("invert", help="invert a video ahead of time (fills the cache)")
+    inv.add_argument("--video", required=True)
+    _add_config_flags(inv, sampling=False)
+    inv.add_argument("--steps", type=int, help="check the inversion serves this many sampling steps")
+    inv.set_defaults(func=cmd_invert)
+
+    tiny = sub.add_parser("make-tiny-model", help="write a tiny random I2VGen-XL (diffusers layout) for tests/demos")
+    tiny.add_argument("dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--overwrite", action="store_true")
+    tiny.set_defaults(func=cmd_make_tiny_model)
+
+    bench = sub.add_parser("bench", help="run one edit and print UNet calls, FLOPs, seconds and peak memory as JSON")
+    bench.add_argument("--video", required=True)
+    bench.add_argument("--edited-frame", required=True)
+    bench.add_argument("--prompt", default="a video")
+    _add_config_flags(bench)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "diffusers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        return args.func(args)
+    except AnyV2VError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one line unless --verbose
+        if args.verbose:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (run with --verbose for details)", file=sys.stderr)
+        return 1

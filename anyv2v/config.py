@@ -1,0 +1,148 @@
+"""Every setting of an edit in one plain dataclass; defaults are the paper's (arXiv 2403.14468)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "ali-vilab/i2vgen-xl"
+DEFAULT_NEGATIVE_PROMPT = (
+    "Distorted, discontinuous, Ugly, blurry, low resolution, motionless, static, disfigured, "
+    "disconnected limbs, Ugly faces, incomplete arms"
+)
+RESIZE_MODES = ("crop", "keep_aspect")
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("ANYV2V_CACHE_DIR")
+    if base:
+        return base
+    xdg = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return os.path.join(xdg, "anyv2v", "inversions")
+
+
+@dataclass
+class EditConfig:
+    """Settings of one AnyV2V edit. Field names match the CLI flags and the YAML keys."""
+
+    # backbone
+    model: str = DEFAULT_MODEL
+    device: str | None = None  # None: cuda if available, else cpu
+    dtype: str | None = None  # None: float16 on cuda, float32 on cpu
+    cpu_offload: bool = False
+    # clip preparation
+    frames: int = 16  # 0 = every frame of the clip at `fps`
+    fps: int = 8  # sampling rate of the clip, the output and the UNet's fps condition
+    start_time: float = 0.0  # seconds into the source video
+    width: int = 512
+    height: int = 512
+    resize_mode: str = "crop"  # "crop": scale and center-crop; "keep_aspect": longest side, multiples of 64
+    keep_audio: bool = False
+    # inversion
+    inversion_steps: int = 500
+    seed: int = 8888
+    cache_dir: str = field(default_factory=default_cache_dir)
+    cache_max_gb: float = 20.0
+    # sampling and injection
+    steps: int = 50
+    start_index: int = 0  # T' in the paper: sampling starts at timesteps[start_index]
+    tau_conv: float = 0.2
+    tau_sa: float = 0.2
+    tau_ta: float = 0.5
+    guidance: float = 9.0
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    random_ratio: float = 0.0
+    decode_chunk_size: int = 4
+
+    def validate(self) -> "EditConfig":
+        """Raise ConfigError naming the first bad setting; return self for chaining."""
+        for name in ("tau_conv", "tau_sa", "tau_ta", "random_ratio"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"{name}={value} is outside [0, 1]; use a value between 0 and 1.")
+        if self.steps < 1:
+            raise ConfigError(f"steps={self.steps} must be at least 1.")
+        if not 0 <= self.start_index < self.steps:
+            raise ConfigError(
+                f"start_index={self.start_index} is past the {self.steps}-step schedule; "
+                f"use a value from 0 to {self.steps - 1}."
+            )
+        if self.inversion_steps < 1:
+            raise ConfigError(f"inversion_steps={self.inversion_steps} must be at least 1.")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"resize_mode={self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}.")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value < 32 or value % 8:
+                raise ConfigError(
+                    f"{name}={value} must be a multiple of 8 and at least 32 (multiples of 64 such as 512 work best)."
+                )
+            if value > 2048:
+                raise ConfigError(f"{name}={value} is larger than 2048; use 512 (the model's training size).")
+        if self.frames != 0 and not 2 <= self.frames <= 512:
+            raise ConfigError(f"frames={self.frames} must be between 2 and 512 (or 0 for the whole clip).")
+        if not 1 <= self.fps <= 60:
+            raise ConfigError(f"fps={self.fps} must be between 1 and 60.")
+        if self.start_time < 0:
+            raise ConfigError(f"start_time={self.start_time} must not be negative.")
+        if self.guidance < 0:
+            raise ConfigError(f"guidance={self.guidance} must not be negative.")
+        if self.dtype not in (None, "float16", "bfloat16", "float32"):
+            raise ConfigError(f"dtype={self.dtype!r} must be float16, bfloat16 or float32.")
+        if self.cache_max_gb < 0:
+            raise ConfigError(f"cache_max_gb={self.cache_max_gb} must not be negative.")
+        if self.decode_chunk_size < 1:
+            raise ConfigError(f"decode_chunk_size={self.decode_chunk_size} must be at least 1.")
+        return self
+
+    def replace(self, **changes: Any) -> "EditConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EditConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        return cls(**data)
+
+    def save_yaml(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load_yaml(cls, path: str | os.PathLike) -> "EditConfig":
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist.") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of setting: value.")
+        preset = data.pop("preset", None)
+        base = preset_config(preset) if preset else cls()
+        return base.replace(**cls.from_dict({**base.to_dict(), **data}).to_dict())
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's settings: 500 DDIM inversion steps, 50 sampling steps, tau 0.2 / 0.2 / 0.5.
+    "paper": {},
+    # The reference's hosted demo: 100 inversion steps (5x less inversion work, same sampling).
+    "fast": {"inversion_steps": 100},
+}
+
+
+def preset_config(name: str) -> EditConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return EditConfig(**PRESETS[name])

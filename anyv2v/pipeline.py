@@ -1,0 +1,266 @@
+"""One AnyV2V edit end to end: prepare the clip, invert (or reuse the cached inversion), sample, write."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from . import __version__
+from .backbone import Backbone, BackboneCache, load_scheduler_config
+from .cache import Inversion, InversionCache, inversion_key
+from .config import EditConfig
+from .device import dtype_name, oom_guard
+from .errors import AnyV2VError, VideoError
+from .inversion import ProgressCallback, StopCheck, check_stop, invert
+from .sampler import SamplingSettings, sample
+from .schedule import check_inversion_steps
+from .video import Clip, load_image, publish_file, prepare_edited_frame, prepare_frames, read_video, write_video
+
+OOM_ADVICE = "lower the frame count (--frames), the size (--size), or use --cpu-offload, then try again."
+
+# Loaded models stay in the process between edits (the app and repeated CLI calls in one process).
+BACKBONES = BackboneCache(max_entries=1)
+
+
+@dataclass
+class PreparedClip:
+    """Frames at the working size, as the inversion and the editors see them."""
+
+    frames: list[Image.Image]
+    clip: Clip
+
+    @property
+    def first_frame(self) -> Image.Image:
+        return self.frames[0]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frames[0].size
+
+
+@dataclass
+class EditResult:
+    video_path: Path
+    json_path: Path
+    inversion_from_cache: bool
+    unet_calls: dict[str, Any]
+    seconds: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    frames: int = 0
+    size: tuple[int, int] = (0, 0)
+    fps: int = 0
+
+
+def prepare_clip(video: str | os.PathLike, config: EditConfig) -> PreparedClip:
+    """Read `config.frames` frames at `config.fps` from `config.start_time` and fit them to the working size."""
+    clip = read_video(video, frames=config.frames, fps=config.fps, start_time=config.start_time)
+    return PreparedClip(prepare_frames(clip, config.width, config.height, config.resize_mode), clip)
+
+
+def prepare_edit_image(edited: str | os.PathLike | Image.Image, clip: PreparedClip, config: EditConfig) -> tuple[Image.Image, list[str]]:
+    image = edited if isinstance(edited, Image.Image) else load_image(edited)
+    return prepare_edited_frame(image, clip.first_frame, config.resize_mode)
+
+
+def inversion_settings(config: EditConfig, clip: PreparedClip) -> dict[str, Any]:
+    """Everything besides the frames and the model that the inversion depends on."""
+    width, height = clip.size
+    return {
+        "width": width,
+        "height": height,
+        "frames": len(clip.frames),
+        "fps": config.fps,
+        "inversion_steps": config.inversion_steps,
+        "seed": config.seed,
+    }
+
+
+def get_inversion(
+    backbone: Backbone,
+    clip: PreparedClip,
+    config: EditConfig,
+    cache: InversionCache,
+    unet_calls: Counter,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> tuple[Inversion, bool]:
+    """The clip's inversion from the cache, or computed (and stored). Returns (inversion, from_cache)."""
+    settings = inversion_settings(config, clip)
+    key = inversion_key(clip.frames, backbone.fingerprint(), {**settings, "dtype": dtype_name(backbone.dtype)})
+    cached = cache.get(key)
+    if cached is not None:
+        if progress is not None:
+            progress("inversion", config.inversion_steps, config.inversion_steps)
+        return cached, True
+    width, height = clip.size
+    latent_elems = backbone.unet.config.in_channels * len(clip.frames) * (height // 8) * (width // 8)
+    cache.check_space(latent_elems * config.inversion_steps * backbone.dtype.itemsize)
+    inversion = invert(
+        backbone, clip.frames, config.inversion_steps, config.fps, config.seed, key, unet_calls, progress, should_stop
+    )
+    cache.put(inversion, {"model": backbone.model_id, **settings})
+    return inversion, False
+
+
+def output_paths(out: str | os.PathLike | None, overwrite: bool, output_dir: str | os.PathLike | None = None) -> Path:
+    """Where the mp4 goes: the user's path (never replacing a file unless told) or a unique new name."""
+    if out is None:
+        from .video import unique_path
+
+        return unique_path(output_dir or "outputs", "anyv2v", ".mp4")
+    path = Path(out)
+    if path.suffix.lower() != ".mp4":
+        raise AnyV2VError(f"output {path} must end in .mp4.")
+    if not overwrite and (path.exists() or path.with_suffix(".json").exists()):
+        raise AnyV2VError(f"{path} (or its .json) already exists; choose another --out or pass --overwrite.")
+    return path
+
+
+def run_edit(
+    video: str | os.PathLike,
+    edited_frame: str | os.PathLike | Image.Image,
+    prompt: str,
+    config: EditConfig,
+    out: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    output_dir: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    backbones: BackboneCache = BACKBONES,
+    prepared: PreparedClip | None = None,
+    probe=None,
+    keep_source_branch: bool = False,
+) -> EditResult:
+    """Edit `video` so it follows `edited_frame`; write the mp4 and a JSON of settings and measurements beside it."""
+    config.validate()
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = round(seconds.get(stage, 0.0) + now - clock, 4)
+        clock = now
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise AnyV2VError("the prompt is empty; describe the edited video (a caption, e.g. 'a dog turning its head').")
+    out_path = output_paths(out, overwrite, output_dir)
+    scheduler_config = load_scheduler_config(config.model)
+    check_inversion_steps(scheduler_config, config.steps, config.inversion_steps)
+
+    clip = prepared or prepare_clip(video, config)
+    edited, notes = prepare_edit_image(edited_frame, clip, config)
+    lap("prepare")
+    check_stop(should_stop)
+
+    with oom_guard(OOM_ADVICE):
+        backbone = backbones.get(config.model, config.device, config.dtype, config.cpu_offload)
+        lap("load")
+        cache = InversionCache(config.cache_dir, int(config.cache_max_gb * 2**30))
+        inversion_calls: Counter = Counter()
+        inversion, from_cache = get_inversion(backbone, clip, config, cache, inversion_calls, progress, should_stop)
+        lap("inversion")
+        sampling_calls: Counter = Counter()
+        settings = SamplingSettings(
+            prompt=prompt,
+            negative_prompt=config.negative_prompt,
+            steps=config.steps,
+            start_index=config.start_index,
+            guidance=config.guidance,
+            tau_conv=config.tau_conv,
+            tau_sa=config.tau_sa,
+            tau_ta=config.tau_ta,
+            random_ratio=config.random_ratio,
+            fps=config.fps,
+            seed=config.seed,
+        )
+        latents = sample(
+            backbone, inversion, clip.first_frame, edited, settings, sampling_calls, progress, should_stop,
+            probe=probe, keep_source_branch=keep_source_branch,
+        )
+        lap("sampling")
+        check_stop(should_stop)
+        frames = backbone.decode(latents, chunk=config.decode_chunk_size)
+        lap("decode")
+
+    audio = clip.clip.source_path if config.keep_audio and clip.clip.has_audio else None
+    if config.keep_audio and not clip.clip.has_audio:
+        notes.append("the source video has no audio track; the output is silent")
+    check_stop(should_stop)
+    write_video(frames, out_path, config.fps, audio_source=audio, audio_start=clip.clip.start_time)
+    lap("write")
+    unet_calls = {
+        "inversion": sum(inversion_calls.values()),
+        "sampling": {str(batch): calls for batch, calls in sorted(sampling_calls.items(), reverse=True)},
+    }
+    record = {
+        "output": out_path.name,
+        "video": os.path.basename(str(video)),
+        "prompt": prompt,
+        "settings": config.to_dict(),
+        "seed": config.seed,
+        "model": config.model,
+        "device": str(backbone.device),
+        "dtype": dtype_name(backbone.dtype),
+        "frames": len(frames),
+        "size": list(frames[0].size),
+        "fps": config.fps,
+        "inversion_from_cache": from_cache,
+        "unet_calls": unet_calls,
+        "seconds": seconds,
+        "notes": notes,
+        "versions": versions(),
+    }
+    json_path = out_path.with_suffix(".json")
+    try:
+        write_json_atomic(json_path, record)
+    except BaseException:
+        out_path.unlink(missing_ok=True)  # no video without its record
+        raise
+    return EditResult(
+        video_path=out_path,
+        json_path=json_path,
+        inversion_from_cache=from_cache,
+        unet_calls=unet_calls,
+        seconds=seconds,
+        notes=notes,
+        frames=len(frames),
+        size=frames[0].size,
+        fps=config.fps,
+    )
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import torch
+    import transformers
+
+    return {
+        "anyv2v": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json.part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        publish_file(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,83 @@
+"""Timestep grids of sampling and inversion, and which inversion step counts can serve a sampling schedule."""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+
+from .errors import ConfigError
+
+
+def _scheduler(config: dict, inverse: bool):
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    cls = DDIMInverseScheduler if inverse else DDIMScheduler
+    # Keep only keys the class knows; the hub config carries DDIMScheduler-only keys.
+    known = set(inspect.signature(cls.__init__).parameters)
+    return cls.from_config({k: v for k, v in config.items() if k in known})
+
+
+def sampling_timesteps(config: dict, steps: int) -> list[int]:
+    """Descending sampling timesteps (leading spacing: 981, 961, ..., 1 for 50 steps on I2VGen-XL)."""
+    scheduler = _scheduler(config, inverse=False)
+    scheduler.set_timesteps(steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
+def inversion_timesteps(config: dict, inversion_steps: int) -> list[int]:
+    """Ascending inversion timesteps, e.g. 1, 3, ..., 999 for 500 steps."""
+    return list(_inversion_grid(_config_key(config), inversion_steps))
+
+
+def _config_key(config: dict) -> tuple:
+    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in config.items() if not k.startswith("_")))
+
+
+@lru_cache(maxsize=4096)
+def _inversion_grid(config_key: tuple, inversion_steps: int) -> tuple[int, ...]:
+    scheduler = _scheduler(dict(config_key), inverse=True)
+    scheduler.set_timesteps(inversion_steps)
+    return tuple(int(t) for t in scheduler.timesteps)
+
+
+def covers(config: dict, inversion_steps: int, needed: list[int]) -> bool:
+    """Whether inverting with `inversion_steps` yields a latent at every needed timestep (and stays in range)."""
+    grid = _inversion_grid(_config_key(config), inversion_steps)
+    if not grid or max(grid) >= config.get("num_train_timesteps", 1000):
+        return False  # e.g. 1000 steps reach t=1000, past the end of alphas_cumprod
+    return set(needed) <= set(grid)
+
+
+def compatible_inversion_steps(config: dict, steps: int) -> list[int]:
+    """All inversion step counts whose timesteps contain every sampling timestep of a `steps`-step edit."""
+    needed = sampling_timesteps(config, steps)
+    total = int(config.get("num_train_timesteps", 1000))
+    return [n for n in range(1, total + 1) if covers(config, n, needed)]
+
+
+def _ranges(values: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = None
+    for v in values:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = v
+    if start is not None:
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ", ".join(parts)
+
+
+def check_inversion_steps(config: dict, steps: int, inversion_steps: int) -> None:
+    """Raise ConfigError listing the values that work when the inversion would miss a sampling timestep."""
+    needed = sampling_timesteps(config, steps)
+    if covers(config, inversion_steps, needed):
+        return
+    valid = compatible_inversion_steps(config, steps)
+    raise ConfigError(
+        f"inversion_steps={inversion_steps} does not produce latents at the {steps} sampling timesteps "
+        f"({needed[0]}..{needed[-1]}); with steps={steps} use inversion_steps in: {_ranges(valid)}."
+    )

@@ -1,0 +1,379 @@
+"""Video and image I/O: read a clip at a target fps, fit frames to the working size, write H.264 mp4.
+
+All frames are RGB PIL images. Every function raises VideoError with one line a user can act on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import VideoError
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif", ".m4v")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# Demuxers that FFmpeg uses for still images: a file opened with one of these is not a video.
+_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "jpegls_pipe")
+MAX_DECODE_SECONDS = 600.0  # refuse to scan more than 10 minutes of video for one clip
+MAX_SOURCE_PIXELS = 4096 * 4096
+MAX_FRAMES = 512
+
+
+@dataclass
+class Clip:
+    """Frames sampled from a source video, before fitting to the working size."""
+
+    frames: list[Image.Image]
+    fps: float  # the rate the frames were sampled at
+    start_time: float  # seconds into the source
+    source_path: str
+    source_fps: float
+    source_size: tuple[int, int]
+    has_audio: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return len(self.frames) / self.fps
+
+
+def _open_container(path: str | os.PathLike) -> av.container.InputContainer:
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoError(f"video file {path} does not exist.")
+    if os.path.isdir(path):
+        raise VideoError(f"{path} is a folder, not a video file.")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"video file {path} is empty.")
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoError(f"{path} is not a readable video ({type(exc).__name__}); use an mp4, mov, webm, avi, mkv or gif file.") from None
+    fmt = container.format.name or ""
+    if any(name in fmt.split(",") for name in _IMAGE_FORMATS) or path.lower().endswith(IMAGE_EXTENSIONS):
+        container.close()
+        raise VideoError(f"{path} is an image, not a video; upload a video clip (mp4, mov, webm, avi, mkv or gif).")
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path} has no video stream; upload a video clip.")
+    return container
+
+
+def probe_video(path: str | os.PathLike) -> dict:
+    """Duration (s), fps, size and audio presence of a video, without decoding it."""
+    container = _open_container(path)
+    try:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 0.0
+        duration = float(container.duration / av.time_base) if container.duration else None
+        if duration is None and stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        return {
+            "duration": duration,
+            "fps": fps,
+            "width": stream.codec_context.width,
+            "height": stream.codec_context.height,
+            "frames": stream.frames or None,
+            "has_audio": bool(container.streams.audio),
+        }
+    finally:
+        container.close()
+
+
+def read_video(
+    path: str | os.PathLike,
+    frames: int = 16,
+    fps: float = 8,
+    start_time: float = 0.0,
+    end_time: float | None = None,
+) -> Clip:
+    """Sample `frames` frames at `fps` starting at `start_time` (frames=0: every sample up to `end_time` or the end).
+
+    A frame at time t is the last decoded frame whose timestamp is <= t, so a 24 fps source sampled at 8 fps
+    takes every third frame.
+    """
+    if fps <= 0:
+        raise VideoError(f"fps must be positive, got {fps}.")
+    container = _open_container(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        source_fps = float(stream.average_rate or stream.guessed_rate or fps)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width and height and width * height > MAX_SOURCE_PIXELS:
+            raise VideoError(f"video is {width}x{height}; the largest supported source is 4096x4096 pixels.")
+        limit = end_time if end_time is not None else math.inf
+        if not frames and end_time is None and container.duration:
+            limit = float(container.duration / av.time_base)
+        if frames:
+            limit = min(limit, start_time + (frames - 1) / fps + 1e-6)
+        if limit - start_time > MAX_DECODE_SECONDS and not frames:
+            raise VideoError(
+                f"the requested clip is {limit - start_time:.0f} s long; the limit is {MAX_DECODE_SECONDS:.0f} s. "
+                "Set an end time or a frame count."
+            )
+        wanted: list[float] = []
+        if frames:
+            wanted = [start_time + i / fps for i in range(frames)]
+        picked: list[Image.Image] = []
+        last: Image.Image | None = None
+        last_time = -math.inf
+        next_index = 0
+        decoded = 0
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.pts * frame.time_base) if frame.pts is not None else decoded / source_fps
+                decoded += 1
+                if t > limit + 0.5 / fps and (not frames or next_index >= len(wanted)):
+                    break
+                # Emit every wanted time that lies before this frame: the previous frame covers it.
+                while last is not None and _next_time(wanted, next_index, start_time, fps, frames) is not None:
+                    target = _next_time(wanted, next_index, start_time, fps, frames)
+                    if target > limit + 1e-6 or t <= target + 1e-6:
+                        break
+                    picked.append(last)
+                    next_index += 1
+                if frames and next_index >= len(wanted):
+                    break
+                last = frame.to_image().convert("RGB")
+                last_time = t
+                if t - start_time > MAX_DECODE_SECONDS + 1:
+                    break
+        except av.error.FFmpegError as exc:
+            if last is None:
+                raise VideoError(f"{path} could not be decoded ({type(exc).__name__}); the file may be corrupt.") from None
+        # Frames at or after the last decoded timestamp are covered by the last frame (end of stream).
+        frame_period = 1.0 / source_fps if source_fps else 0.0
+        while last is not None:
+            target = _next_time(wanted, next_index, start_time, fps, frames)
+            if target is None or target > limit + 1e-6 or target >= last_time + frame_period - 1e-6:
+                break
+            picked.append(last)
+            next_index += 1
+        if decoded == 0 or last is None:
+            raise VideoError(f"{path} has no decodable frames; the file may be corrupt or empty.")
+        if not picked:
+            raise VideoError(
+                f"{path} ends before start time {start_time:g} s (it is about {last_time:.2f} s long)."
+            )
+        if frames and len(picked) < frames:
+            available = len(picked)
+            raise VideoError(
+                f"{path} has only {available} frame(s) at {fps:g} fps from {start_time:g} s, "
+                f"but {frames} were requested; lower frames to {available} or lower fps."
+            )
+        if len(picked) > MAX_FRAMES:
+            raise VideoError(
+                f"the clip gives {len(picked)} frames at {fps:g} fps; the limit is {MAX_FRAMES}. "
+                "Set a frame count, an end time or a lower fps."
+            )
+        if len(picked) < 2:
+            raise VideoError(f"{path} gives only one frame at {fps:g} fps; a video edit needs at least 2 frames.")
+        return Clip(
+            frames=picked,
+            fps=float(fps),
+            start_time=float(start_time),
+            source_path=str(path),
+            source_fps=source_fps,
+            source_size=(width, height),
+            has_audio=bool(container.streams.audio),
+        )
+    finally:
+        container.close()
+
+
+def _next_time(wanted: list[float], index: int, start: float, fps: float, frames: int) -> float | None:
+    if frames:
+        return wanted[index] if index < len(wanted) else None
+    return start + index / fps
+
+
+def keep_aspect_size(source_size: tuple[int, int], longest_side: int) -> tuple[int, int]:
+    """Working size that keeps the source aspect: the longest side = `longest_side`, both multiples of 64."""
+    src_w, src_h = source_size
+    scale = longest_side / max(src_w, src_h)
+    width = max(64, int(math.floor(src_w * scale / 64 + 0.5)) * 64)
+    height = max(64, int(math.floor(src_h * scale / 64 + 0.5)) * 64)
+    return width, height
+
+
+def working_size(source_size: tuple[int, int], width: int, height: int, resize_mode: str) -> tuple[int, int]:
+    """The size every frame (and the edited first frame) is fitted to."""
+    if resize_mode == "keep_aspect":
+        return keep_aspect_size(source_size, max(width, height))
+    return width, height
+
+
+def fit_frame(image: Image.Image, size: tuple[int, int], resize_mode: str = "crop") -> Image.Image:
+    """Fit one frame to `size`: scale to cover and center-crop ("crop") or resize to it ("keep_aspect").
+
+    The same function prepares video frames and user-supplied edited frames, so a frame exported at the
+    working size and uploaded again passes through unchanged.
+    """
+    width, height = size
+    if image.size == (width, height):
+        return image.copy()
+    if resize_mode == "keep_aspect":
+        return image.resize((width, height), Image.Resampling.LANCZOS)
+    return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def prepare_frames(clip: Clip, width: int, height: int, resize_mode: str = "crop") -> list[Image.Image]:
+    size = working_size(clip.source_size, width, height, resize_mode)
+    return [fit_frame(frame, size, resize_mode) for frame in clip.frames]
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file fully (EXIF orientation applied), keeping its mode (RGBA stays RGBA)."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoError(f"image file {path} does not exist.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.width * img.height > MAX_SOURCE_PIXELS:
+                raise VideoError(f"image {path} is {img.width}x{img.height}; the limit is 4096x4096 pixels.")
+            return ImageOps.exif_transpose(img)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise VideoError(f"{path} is not a readable image ({type(exc).__name__}); use a PNG or JPEG file.") from None
+
+
+def prepare_edited_frame(
+    image: Image.Image, source_frame: Image.Image, resize_mode: str = "crop"
+) -> tuple[Image.Image, list[str]]:
+    """Bring a user's edited first frame to the working size and RGB, saying what was changed.
+
+    `source_frame` is the prepared source first frame (working size): transparent parts of an RGBA edit
+    show the source frame beneath, so a user can paint only what changes.
+    """
+    notes: list[str] = []
+    size = source_frame.size
+    if image.size != size:
+        aspect_in = image.width / image.height
+        aspect_out = size[0] / size[1]
+        how = "center-cropped and resized" if resize_mode == "crop" and abs(aspect_in - aspect_out) > 1e-3 else "resized"
+        notes.append(f"edited frame was {image.width}x{image.height}; {how} to {size[0]}x{size[1]} like the video frames")
+        image = fit_frame(image, size, resize_mode)
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] < 255:
+            notes.append("edited frame has transparency; composited onto the source first frame")
+        image = Image.alpha_composite(source_frame.convert("RGBA"), rgba).convert("RGB")
+    elif image.mode != "RGB":
+        notes.append(f"edited frame was {image.mode}; converted to RGB")
+        image = image.convert("RGB")
+    return image, notes
+
+
+def publish_file(tmp_name: str, path: str | os.PathLike) -> None:
+    """Move a finished temp file to its final name with ordinary file permissions (mkstemp makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)
+    os.replace(tmp_name, path)
+
+
+def unique_path(directory: str | os.PathLike, stem: str, suffix: str) -> Path:
+    """A new file name in `directory` that no existing file has."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{stem}-{uuid.uuid4().hex[:10]}{suffix}"
+
+
+def write_video(
+    frames: list[Image.Image] | np.ndarray,
+    path: str | os.PathLike,
+    fps: float,
+    audio_source: str | os.PathLike | None = None,
+    audio_start: float = 0.0,
+    crf: int = 18,
+) -> Path:
+    """Write frames as browser-playable H.264 (yuv420p, faststart) mp4, atomically.
+
+    With `audio_source`, its first audio stream from `audio_start` for the clip's duration is kept (AAC).
+    """
+    path = Path(path)
+    if isinstance(frames, np.ndarray):
+        frames = [Image.fromarray(f) for f in frames]
+    if not frames:
+        raise VideoError("no frames to write.")
+    width, height = frames[0].size
+    if width % 2 or height % 2:
+        raise VideoError(f"H.264 needs an even width and height, got {width}x{height}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".mp4.part", dir=path.parent)
+    os.close(fd)
+    rate = Fraction(fps).limit_denominator(1001)
+    try:
+        with av.open(tmp_name, mode="w", format="mp4", options={"movflags": "faststart"}) as out:
+            vstream = out.add_stream("libx264", rate=rate)
+            vstream.width, vstream.height = width, height
+            vstream.pix_fmt = "yuv420p"
+            vstream.options = {"crf": str(crf), "preset": "medium"}
+            astream = None
+            audio_in = None
+            if audio_source is not None:
+                audio_in = av.open(str(audio_source))
+                if audio_in.streams.audio:
+                    src = audio_in.streams.audio[0]
+                    astream = out.add_stream("aac", rate=src.rate or 44100)
+                    astream.layout = "stereo"
+            for index, image in enumerate(frames):
+                if image.size != (width, height):
+                    raise VideoError(f"frame {index} is {image.size[0]}x{image.size[1]}, expected {width}x{height}.")
+                vframe = av.VideoFrame.from_image(image.convert("RGB"))
+                for packet in vstream.encode(vframe):
+                    out.mux(packet)
+            for packet in vstream.encode():
+                out.mux(packet)
+            if astream is not None:
+                _copy_audio(audio_in, astream, out, audio_start, len(frames) / float(fps))
+            if audio_in is not None:
+                audio_in.close()
+        publish_file(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+def _copy_audio(audio_in, astream, out, start: float, duration: float) -> None:
+    """Re-encode the source audio between start and start + duration into `astream`."""
+    src = audio_in.streams.audio[0]
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=astream.rate)
+    sample_rate = astream.rate
+    first = int(round(start * sample_rate))
+    last = int(round((start + duration) * sample_rate))
+    position = None
+    written = 0
+    for frame in audio_in.decode(src):
+        for resampled in resampler.resample(frame):
+            if position is None:
+                t0 = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
+                position = int(round(t0 * sample_rate))
+            data = resampled.to_ndarray()
+            n = data.shape[1]
+            lo, hi = max(first - position, 0), min(last - position, n)
+            position += n
+            if hi <= lo:
+                continue
+            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, lo:hi]), format="fltp", layout="stereo")
+            chunk.sample_rate = sample_rate
+            chunk.pts = written
+            written += hi - lo
+            for packet in astream.encode(chunk):
+                out.mux(packet)
+        if position is not None and position >= last:
+            break
+    for packet in astream.encode(None):
+        out.mux(packet)
