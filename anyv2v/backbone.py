@@ -13,7 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype
     cpu_offload: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def vae_scale_factor(self) -> int:
