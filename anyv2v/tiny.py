@@ -23,44 +23,45 @@ I2VGEN_XL_SCHEDULER = {
 }
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
+def byte_level_vocab() -> dict[str, int]:
+    """A CLIP BPE vocabulary whose tokens are single bytes (514 tokens); with no merges it encodes any text."""
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in alphabet:
+        vocab[char] = len(vocab)
+    for char in alphabet:
+        vocab[char + "</w>"] = len(vocab)
+    return vocab
 
 
-def write_byte_level_tokenizer_files(directory: Path) -> tuple[Path, Path]:
-    """vocab.json / merges.txt of a CLIP BPE tokenizer whose tokens are single bytes (514 tokens, no merges)."""
-    chars = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
-    vocab_file.write_text(json.dumps(vocab))
-    merges_file.write_text("#version: 0.2\n")
-    return vocab_file, merges_file
+def tiny_clip_text(hidden: int):
+    """A byte-level CLIPTokenizer (built offline) and a tiny CLIPTextModel of width `hidden` that fits it."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer(vocab=byte_level_vocab(), merges=[], model_max_length=77)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=hidden,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    return tokenizer, text_encoder
 
 
 def make_tiny_model(directory: str | os.PathLike, seed: int = 0) -> Path:
     """Save a tiny random I2VGen-XL (same component classes as the hub model) to `directory`."""
     from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTokenizer,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,25 +93,8 @@ def make_tiny_model(directory: str | os.PathLike, seed: int = 0) -> Path:
     )
     vae.save_pretrained(out / "vae", safe_serialization=True)
 
-    tokenizer_dir = out / "tokenizer"
-    vocab_file, merges_file = write_byte_level_tokenizer_files(tokenizer_dir)
-    tokenizer = CLIPTokenizer(vocab=json.loads(vocab_file.read_text()), merges=[], model_max_length=77)
-    tokenizer.save_pretrained(tokenizer_dir)
-
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=hidden,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    tokenizer, text_encoder = tiny_clip_text(hidden)
+    tokenizer.save_pretrained(out / "tokenizer")
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
 
     image_encoder = CLIPVisionModelWithProjection(

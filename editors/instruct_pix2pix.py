@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from anyv2v.errors import ModelLoadError
+from anyv2v.tiny import tiny_clip_text
 
 from .base import (
     Editor,
@@ -182,19 +183,6 @@ class InstructPix2PixEditor(Editor):
         return make_tiny_pipeline(directory)
 
 
-def byte_level_vocab() -> dict[str, int]:
-    """A CLIP BPE vocabulary whose tokens are single bytes (514 tokens); with no merges it encodes any text."""
-    from tokenizers import pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in alphabet:
-        vocab[char] = len(vocab)
-    for char in alphabet:
-        vocab[char + "</w>"] = len(vocab)
-    return vocab
-
-
 def make_tiny_pipeline(directory: str | os.PathLike, seed: int = 0) -> Path:
     """Save a tiny random `StableDiffusionInstructPix2PixPipeline` to `directory` (must be absent or empty)."""
     from diffusers import (
@@ -203,7 +191,6 @@ def make_tiny_pipeline(directory: str | os.PathLike, seed: int = 0) -> Path:
         StableDiffusionInstructPix2PixPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     out = empty_target_dir(directory)
     hidden = 32  # text width = UNet cross-attention width
@@ -234,21 +221,7 @@ def make_tiny_pipeline(directory: str | os.PathLike, seed: int = 0) -> Path:
             norm_num_groups=32,
             sample_size=64,
         )
-        tokenizer = CLIPTokenizer(vocab=byte_level_vocab(), merges=[], model_max_length=77)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=hidden,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=hidden,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        tokenizer, text_encoder = tiny_clip_text(hidden)
     finally:
         torch.random.set_rng_state(generator_state)  # leave the caller's global RNG as it was
     # Stable Diffusion 1.x noise schedule, as in the real checkpoint.
