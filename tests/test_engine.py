@@ -364,3 +364,41 @@ def test_model_loads_through_the_real_loader(tiny_model):
     assert type(backbone.image_encoder).__name__ == "CLIPVisionModelWithProjection"
     assert backbone.dtype == torch.float32 and backbone.device.type == "cpu"
     assert backbone.encode_prompt(["a cat"]).shape == (1, 77, 32)
+
+
+# ---- invert ahead of time, and bench -------------------------------------------------------------------
+
+
+def test_invert_fills_the_cache_that_edit_then_uses(tiny_model, demo, tmp_path, capsys):
+    from anyv2v.cli import main
+
+    common = ["--model", str(tiny_model), "--size", "64x64", "--frames", "4", "--inversion-steps", "10",
+              "--cache-dir", str(tmp_path / "cache")]
+    assert main(["invert", "--video", str(demo / "kitten.mp4"), *common]) == 0
+    assert "inverted with 10 UNet calls and cached" in capsys.readouterr().out
+    out = tmp_path / "dog.mp4"
+    assert main(["edit", "--video", str(demo / "kitten.mp4"), "--edited-frame", str(demo / "edited" / "kitten__dog.png"),
+                 "--prompt", "a dog", "--out", str(out), "--steps", "10", *common]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["inversion_from_cache"] is True and record["unet_calls"]["inversion"] == 0
+
+
+def test_bench_prints_calls_flops_seconds_and_memory(tiny_model, demo, capsys):
+    from anyv2v.bench import unet_flops_per_call
+    from anyv2v.cli import main
+
+    argv = ["bench", "--video", str(demo / "kitten.mp4"), "--edited-frame", str(demo / "edited" / "kitten__dog.png"),
+            "--model", str(tiny_model), "--size", "64x64", "--frames", "4", "--steps", "10", "--inversion-steps", "10"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["unet_calls"] == {"inversion": 10, "sampling": {"3": 5, "2": 5}}
+    per_call = report["unet_flops_per_call_batch1"]
+    assert per_call > 0
+    assert report["flops_per_edit"] == {
+        "inversion": 10 * per_call, "sampling": (3 * 5 + 2 * 5) * per_call, "total": (10 + 25) * per_call,
+    }
+    assert set(report["seconds"]) >= {"inversion", "sampling", "decode"}
+    assert report["peak_memory"]["bytes"] > 0
+    # FLOPs grow with the clip: twice the frames, about twice the work.
+    config = dict(BACKBONES.get(str(tiny_model)).unet.config)
+    assert 1.8 < unet_flops_per_call(config, 8, 64, 64) / unet_flops_per_call(config, 4, 64, 64) < 2.2
