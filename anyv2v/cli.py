@@ -90,6 +90,9 @@ class TqdmProgress:
         self._bars: dict[str, Any] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage == "inversion_cached":
+            print("inversion: reused from the cache", file=sys.stderr)
+            return
         bar = self._bars.get(stage)
         if bar is None:
             bar = self._bars[stage] = self._tqdm(total=total, desc=stage, unit="step", file=sys.stderr)

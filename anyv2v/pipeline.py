@@ -25,7 +25,7 @@ from .sampler import SamplingSettings, sample
 from .schedule import check_inversion_steps
 from .video import Clip, load_image, publish_file, prepare_edited_frame, prepare_frames, read_video, write_video
 
-OOM_ADVICE = "lower the frame count (--frames), the size (--size), or use --cpu-offload, then try again."
+OOM_ADVICE = "lower the frame count or the size, or turn on CPU offload (CLI: --frames, --size, --cpu-offload), then try again."
 
 # Loaded models stay in the process between edits (the app and repeated CLI calls in one process).
 BACKBONES = BackboneCache(max_entries=1)
@@ -99,7 +99,7 @@ def get_inversion(
     cached = cache.get(key)
     if cached is not None:
         if progress is not None:
-            progress("inversion", config.inversion_steps, config.inversion_steps)
+            progress("inversion_cached", 1, 1)
         return cached, True
     width, height = clip.size
     latent_elems = backbone.unet.config.in_channels * len(clip.frames) * (height // 8) * (width // 8)

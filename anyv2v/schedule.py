@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
 
 from .errors import ConfigError
 
@@ -21,38 +20,35 @@ def sampling_timesteps(config: dict, steps: int) -> list[int]:
     """Descending sampling timesteps (leading spacing: 981, 961, ..., 1 for 50 steps on I2VGen-XL)."""
     scheduler = _scheduler(config, inverse=False)
     scheduler.set_timesteps(steps)
-    return [int(t) for t in scheduler.timesteps]
+    return [int(t) for t in scheduler.timesteps.tolist()]
 
 
 def inversion_timesteps(config: dict, inversion_steps: int) -> list[int]:
     """Ascending inversion timesteps, e.g. 1, 3, ..., 999 for 500 steps."""
-    return list(_inversion_grid(_config_key(config), inversion_steps))
-
-
-def _config_key(config: dict) -> tuple:
-    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in config.items() if not k.startswith("_")))
-
-
-@lru_cache(maxsize=4096)
-def _inversion_grid(config_key: tuple, inversion_steps: int) -> tuple[int, ...]:
-    scheduler = _scheduler(dict(config_key), inverse=True)
+    scheduler = _scheduler(config, inverse=True)
     scheduler.set_timesteps(inversion_steps)
-    return tuple(int(t) for t in scheduler.timesteps)
+    return [int(t) for t in scheduler.timesteps.tolist()]
 
 
 def covers(config: dict, inversion_steps: int, needed: list[int]) -> bool:
     """Whether inverting with `inversion_steps` yields a latent at every needed timestep (and stays in range)."""
-    grid = _inversion_grid(_config_key(config), inversion_steps)
-    if not grid or max(grid) >= config.get("num_train_timesteps", 1000):
+    return _covers(_scheduler(config, inverse=True), inversion_steps, set(needed))
+
+
+def _covers(inverse_scheduler, inversion_steps: int, needed: set[int]) -> bool:
+    inverse_scheduler.set_timesteps(inversion_steps)
+    grid = inverse_scheduler.timesteps
+    if len(grid) == 0 or int(grid.max()) >= inverse_scheduler.config.num_train_timesteps:
         return False  # e.g. 1000 steps reach t=1000, past the end of alphas_cumprod
-    return set(needed) <= set(grid)
+    return needed <= set(grid.tolist())
 
 
 def compatible_inversion_steps(config: dict, steps: int) -> list[int]:
     """All inversion step counts whose timesteps contain every sampling timestep of a `steps`-step edit."""
-    needed = sampling_timesteps(config, steps)
-    total = int(config.get("num_train_timesteps", 1000))
-    return [n for n in range(1, total + 1) if covers(config, n, needed)]
+    needed = set(sampling_timesteps(config, steps))
+    inverse = _scheduler(config, inverse=True)
+    total = int(inverse.config.num_train_timesteps)
+    return [n for n in range(1, total + 1) if _covers(inverse, n, needed)]
 
 
 def _ranges(values: list[int]) -> str:

@@ -74,7 +74,7 @@ class ManualEditor(Editor):
     """
 
     name = "manual"
-    title = "Upload"
+    title = "Manual (upload your edit)"
     description = "Edit the first frame in any image program and upload it (PNG; transparency shows the source)."
     inputs = (
         EditorInput(

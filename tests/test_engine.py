@@ -402,3 +402,15 @@ def test_bench_prints_calls_flops_seconds_and_memory(tiny_model, demo, capsys):
     # FLOPs grow with the clip: twice the frames, about twice the work.
     config = dict(BACKBONES.get(str(tiny_model)).unet.config)
     assert 1.8 < unet_flops_per_call(config, 8, 64, 64) / unet_flops_per_call(config, 4, 64, 64) < 2.2
+
+
+def test_progress_reports_each_stage(tiny_model, demo, tmp_path):
+    config = small_config(tiny_model, tmp_path / "cache", frames=4)
+    reports: list[tuple[str, int, int]] = []
+    video, frame = demo / "kitten.mp4", demo / "edited" / "kitten__dog.png"
+    run_edit(video, frame, "a dog", config, tmp_path / "1.mp4", progress=lambda *r: reports.append(r))
+    assert [r for r in reports if r[0] == "inversion"] == [("inversion", i, STEPS) for i in range(1, STEPS + 1)]
+    assert [r for r in reports if r[0] == "sampling"] == [("sampling", i, STEPS) for i in range(1, STEPS + 1)]
+    reports.clear()
+    run_edit(video, frame, "a dog", config, tmp_path / "2.mp4", progress=lambda *r: reports.append(r))
+    assert reports[0] == ("inversion_cached", 1, 1) and not [r for r in reports if r[0] == "inversion"]
