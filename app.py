@@ -8,7 +8,7 @@ messages a non-programmer can act on. No model logic lives here.
     python app.py --host 0.0.0.0 --port 7860 --share
 
 Models come from environment variables (hub ids or local folders), so the app runs offline with tiny models:
-ANYV2V_MODEL, ANYV2V_IP2P_MODEL, ANYV2V_VGG19; see `AppSettings.from_env` and docs/APP.md.
+ANYV2V_MODEL, ANYV2V_IP2P_MODEL, ANYV2V_VGG19; see `AppSettings.from_env` and README.md.
 Public API (gradio_client): /edit_first_frame and /edit_video.
 """
 
@@ -113,7 +113,7 @@ class AppSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "AppSettings":
-        """Settings from ANYV2V_* environment variables (see docs/APP.md); unset ones keep their defaults."""
+        """Settings from ANYV2V_* environment variables (see README.md); unset ones keep their defaults."""
         env = os.environ if env is None else env
         base = cls()
         return cls(
