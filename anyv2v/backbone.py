@@ -186,6 +186,16 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 # ---- loading -----------------------------------------------------------------------------------------
 
 
+def looks_like_path(model: str) -> bool:
+    """Paths start with '.', '/' or '~' or have more than one '/'; hub ids are 'owner/name'."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.path.isdir(model)
+
+
+def check_model_reference(model: str) -> None:
+    if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
+        raise ModelLoadError(f"model folder {model} does not exist; give a diffusers-format folder or a hub id.")
+
+
 def _from_pretrained(cls: Any, model: str, subfolder: str, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(model, subfolder=subfolder, **kwargs)
@@ -196,6 +206,11 @@ def _from_pretrained(cls: Any, model: str, subfolder: str, **kwargs: Any) -> Any
 def _load_message(model: str, subfolder: str, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = "folder" if os.path.isdir(model) else "hub id"
+    if where == "hub id" and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return (
+            f"cannot load '{subfolder}' of {model}: HF_HUB_OFFLINE is set and it is not in the local Hugging Face "
+            "cache. Download it once with network access, or pass a local diffusers-format folder."
+        )
     return (
         f"cannot load '{subfolder}' of model {model} ({where}): {first[:200]}. "
         "Check the model id or folder (a diffusers-format I2VGen-XL with unet/, vae/, text_encoder/, "
@@ -207,6 +222,7 @@ def load_scheduler_config(model: str) -> dict:
     """The scheduler config alone (cheap): used to check settings before loading the weights."""
     from diffusers import DDIMScheduler
 
+    check_model_reference(model)
     return dict(_from_pretrained(DDIMScheduler, model, "scheduler").config)
 
 
@@ -217,8 +233,7 @@ def load_backbone(
     from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
     from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-    if not os.path.isdir(model) and (os.sep in model.strip("/").split("/", 1)[-1] or model.startswith((".", "/"))):
-        raise ModelLoadError(f"model folder {model} does not exist.")
+    check_model_reference(model)
     torch_device, torch_dtype = resolve_device(device, dtype)
     weights: dict[str, Any] = {"torch_dtype": torch_dtype, "use_safetensors": True}
     # The hub repo ships fp16 weights as a variant; local folders may not have it.

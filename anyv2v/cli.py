@@ -72,6 +72,8 @@ def config_from_args(args: argparse.Namespace) -> EditConfig:
         value = getattr(args, name, None)
         if value is not None:
             changes[name] = value
+    if "model" in changes:
+        changes["model"] = os.path.expanduser(changes["model"])
     if getattr(args, "size", None):
         changes["width"], changes["height"] = args.size
     for flag in ("cpu_offload", "keep_audio"):

@@ -46,6 +46,13 @@ def test_missing_video(run_cli, tmp_path):
     assert_clean_failure(*run_cli(video=tmp_path / "nope.mp4"), "does not exist")
 
 
+def test_missing_model_folder(demo, tmp_path, capsys):
+    out = tmp_path / "o.mp4"
+    code = main(["edit", "--video", str(demo / "kitten.mp4"), "--edited-frame", str(demo / "edited" / "kitten__dog.png"),
+                 "--prompt", "a dog", "--out", str(out), "--model", str(tmp_path / "no-such-model")])
+    assert_clean_failure(code, capsys.readouterr().err.strip(), out, "model folder", "does not exist")
+
+
 def test_corrupt_video(run_cli, tmp_path):
     bad = tmp_path / "corrupt.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
