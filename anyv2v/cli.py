@@ -61,12 +61,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, sampling: bool = True) ->
 
 
 def config_from_args(args: argparse.Namespace) -> EditConfig:
-    config = preset_config(args.preset) if args.preset else EditConfig()
+    # Precedence: defaults < --preset (or the file's preset:) < the --config file < flags.
+    config = preset_config(args.preset) if args.preset else None
     if args.config:
-        loaded = EditConfig.load_yaml(args.config)
-        config = loaded if not args.preset else config.replace(
-            **{k: v for k, v in loaded.to_dict().items() if v != getattr(EditConfig(), k)}
-        )
+        config = EditConfig.load_yaml(args.config, base=config)
+    config = config or EditConfig()
     changes: dict[str, Any] = {}
     for name in _OVERRIDES:
         value = getattr(args, name, None)

@@ -120,7 +120,8 @@ class EditConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def load_yaml(cls, path: str | os.PathLike) -> "EditConfig":
+    def load_yaml(cls, path: str | os.PathLike, base: "EditConfig | None" = None) -> "EditConfig":
+        """Settings from a YAML mapping, applied over `base` (else over the file's `preset:`, else the defaults)."""
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
@@ -130,8 +131,10 @@ class EditConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of setting: value.")
         preset = data.pop("preset", None)
-        base = preset_config(preset) if preset else cls()
-        return base.replace(**cls.from_dict({**base.to_dict(), **data}).to_dict())
+        if base is None:
+            base = preset_config(preset) if preset else cls()
+        cls.from_dict({**base.to_dict(), **data})  # rejects unknown keys
+        return base.replace(**data)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -414,3 +414,17 @@ def test_progress_reports_each_stage(tiny_model, demo, tmp_path):
     reports.clear()
     run_edit(video, frame, "a dog", config, tmp_path / "2.mp4", progress=lambda *r: reports.append(r))
     assert reports[0] == ("inversion_cached", 1, 1) and not [r for r in reports if r[0] == "inversion"]
+
+
+def test_cli_settings_precedence(tmp_path):
+    from anyv2v.cli import build_parser, config_from_args
+
+    (tmp_path / "c.yaml").write_text("preset: fast\ntau_ta: 1.0\nsteps: 25\n")
+    parse = lambda *argv: config_from_args(build_parser().parse_args(["invert", "--video", "v.mp4", *argv]))  # noqa: E731
+    from_file = parse("--config", str(tmp_path / "c.yaml"))
+    assert (from_file.inversion_steps, from_file.tau_ta, from_file.steps) == (100, 1.0, 25)
+    preset_flag = parse("--preset", "paper", "--config", str(tmp_path / "c.yaml"), "--seed", "3")
+    assert (preset_flag.inversion_steps, preset_flag.tau_ta, preset_flag.seed) == (500, 1.0, 3)
+    (tmp_path / "bad.yaml").write_text("tau_typo: 1\n")
+    with pytest.raises(Exception, match="unknown setting"):
+        parse("--config", str(tmp_path / "bad.yaml"))
