@@ -171,19 +171,7 @@ def run_edit(
         inversion, from_cache = get_inversion(backbone, clip, config, cache, inversion_calls, progress, should_stop)
         lap("inversion")
         sampling_calls: Counter = Counter()
-        settings = SamplingSettings(
-            prompt=prompt,
-            negative_prompt=config.negative_prompt,
-            steps=config.steps,
-            start_index=config.start_index,
-            guidance=config.guidance,
-            tau_conv=config.tau_conv,
-            tau_sa=config.tau_sa,
-            tau_ta=config.tau_ta,
-            random_ratio=config.random_ratio,
-            fps=config.fps,
-            seed=config.seed,
-        )
+        settings = SamplingSettings.from_config(config, prompt)
         latents = sample(
             backbone, inversion, clip.first_frame, edited, settings, sampling_calls, progress, should_stop,
             probe=probe, keep_source_branch=keep_source_branch,

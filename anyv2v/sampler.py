@@ -29,6 +29,12 @@ class SamplingSettings:
     fps: int
     seed: int
 
+    @classmethod
+    def from_config(cls, config, prompt: str) -> "SamplingSettings":
+        """The sampling part of an EditConfig, plus the prompt."""
+        names = [name for name in cls.__dataclass_fields__ if name != "prompt"]
+        return cls(prompt=prompt, **{name: getattr(config, name) for name in names})
+
 
 @torch.no_grad()
 def sample(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -64,13 +65,8 @@ def kitten(tiny_model, demo, tmp_path_factory):
 
 
 def settings_for(config: EditConfig, **changes) -> SamplingSettings:
-    values = dict(
-        prompt="a dog turning its head on a wooden floor", negative_prompt=config.negative_prompt, steps=config.steps,
-        start_index=config.start_index, guidance=config.guidance, tau_conv=config.tau_conv, tau_sa=config.tau_sa,
-        tau_ta=config.tau_ta, random_ratio=0.0, fps=config.fps, seed=config.seed,
-    )
-    values.update(changes)
-    return SamplingSettings(**values)
+    settings = SamplingSettings.from_config(config, "a dog turning its head on a wooden floor")
+    return dataclasses.replace(settings, **changes)
 
 
 # ---- the CLI writes what was asked --------------------------------------------------------------------
