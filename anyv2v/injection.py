@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 CONV_LAYERS = (4,)
 ATTENTION_LAYERS = tuple(range(4, 12))
-KINDS = ("conv", "spatial", "temporal")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from PIL import Image
 from .backbone import Backbone
 from .cache import Inversion
 from .errors import CancelledError
-from .schedule import _scheduler, inversion_timesteps
+from .schedule import make_scheduler
 
 # (stage, steps done, steps total)
 ProgressCallback = Callable[[str, int, int], None]
@@ -36,9 +36,9 @@ def invert(
     should_stop: StopCheck | None = None,
 ) -> Inversion:
     """Invert `frames` and keep the latent at every inversion timestep (on the CPU, in the model dtype)."""
-    scheduler = _scheduler(backbone.scheduler_config, inverse=True)
+    scheduler = make_scheduler(backbone.scheduler_config, inverse=True)
     scheduler.set_timesteps(inversion_steps)
-    timesteps = inversion_timesteps(backbone.scheduler_config, inversion_steps)
+    timesteps = scheduler.timesteps.tolist()
     generator = torch.Generator("cpu").manual_seed(seed)
     latents = backbone.encode_frames(frames, generator).to(backbone.device)
     text = backbone.encode_prompt([""])

@@ -19,7 +19,7 @@ from .backbone import Backbone, BackboneCache, load_scheduler_config
 from .cache import Inversion, InversionCache, inversion_key
 from .config import EditConfig
 from .device import dtype_name, oom_guard
-from .errors import AnyV2VError, VideoError
+from .errors import AnyV2VError
 from .inversion import ProgressCallback, StopCheck, check_stop, invert
 from .sampler import SamplingSettings, sample
 from .schedule import check_inversion_steps

@@ -12,7 +12,7 @@ from .backbone import Backbone
 from .cache import Inversion
 from .injection import FeatureInjector, InjectionSchedule, Probe, StepState
 from .inversion import ProgressCallback, StopCheck, check_stop
-from .schedule import _scheduler
+from .schedule import make_scheduler
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def sample(
     once no injection is active the source branch is dropped (unless `keep_source_branch`), which gives the
     same result for less work.
     """
-    scheduler = _scheduler(backbone.scheduler_config, inverse=False)
+    scheduler = make_scheduler(backbone.scheduler_config, inverse=False)
     scheduler.set_timesteps(settings.steps)
     timesteps = scheduler.timesteps
     schedule = InjectionSchedule.from_taus(settings.steps, settings.tau_conv, settings.tau_sa, settings.tau_ta)

@@ -7,7 +7,8 @@ import inspect
 from .errors import ConfigError
 
 
-def _scheduler(config: dict, inverse: bool):
+def make_scheduler(config: dict, inverse: bool):
+    """DDIM (or DDIM inverse) scheduler from a model's scheduler config."""
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
     cls = DDIMInverseScheduler if inverse else DDIMScheduler
@@ -18,24 +19,13 @@ def _scheduler(config: dict, inverse: bool):
 
 def sampling_timesteps(config: dict, steps: int) -> list[int]:
     """Descending sampling timesteps (leading spacing: 981, 961, ..., 1 for 50 steps on I2VGen-XL)."""
-    scheduler = _scheduler(config, inverse=False)
+    scheduler = make_scheduler(config, inverse=False)
     scheduler.set_timesteps(steps)
     return [int(t) for t in scheduler.timesteps.tolist()]
 
 
-def inversion_timesteps(config: dict, inversion_steps: int) -> list[int]:
-    """Ascending inversion timesteps, e.g. 1, 3, ..., 999 for 500 steps."""
-    scheduler = _scheduler(config, inverse=True)
-    scheduler.set_timesteps(inversion_steps)
-    return [int(t) for t in scheduler.timesteps.tolist()]
-
-
-def covers(config: dict, inversion_steps: int, needed: list[int]) -> bool:
-    """Whether inverting with `inversion_steps` yields a latent at every needed timestep (and stays in range)."""
-    return _covers(_scheduler(config, inverse=True), inversion_steps, set(needed))
-
-
 def _covers(inverse_scheduler, inversion_steps: int, needed: set[int]) -> bool:
+    """Whether inverting with `inversion_steps` yields a latent at every needed timestep (and stays in range)."""
     inverse_scheduler.set_timesteps(inversion_steps)
     grid = inverse_scheduler.timesteps
     if len(grid) == 0 or int(grid.max()) >= inverse_scheduler.config.num_train_timesteps:
@@ -46,7 +36,7 @@ def _covers(inverse_scheduler, inversion_steps: int, needed: set[int]) -> bool:
 def compatible_inversion_steps(config: dict, steps: int) -> list[int]:
     """All inversion step counts whose timesteps contain every sampling timestep of a `steps`-step edit."""
     needed = set(sampling_timesteps(config, steps))
-    inverse = _scheduler(config, inverse=True)
+    inverse = make_scheduler(config, inverse=True)
     total = int(inverse.config.num_train_timesteps)
     return [n for n in range(1, total + 1) if _covers(inverse, n, needed)]
 
@@ -70,7 +60,7 @@ def _ranges(values: list[int]) -> str:
 def check_inversion_steps(config: dict, steps: int, inversion_steps: int) -> None:
     """Raise ConfigError listing the values that work when the inversion would miss a sampling timestep."""
     needed = sampling_timesteps(config, steps)
-    if covers(config, inversion_steps, needed):
+    if _covers(make_scheduler(config, inverse=True), inversion_steps, set(needed)):
         return
     valid = compatible_inversion_steps(config, steps)
     raise ConfigError(

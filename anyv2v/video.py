@@ -9,7 +9,7 @@ import math
 import os
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,11 +39,6 @@ class Clip:
     source_fps: float
     source_size: tuple[int, int]
     has_audio: bool
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def duration(self) -> float:
-        return len(self.frames) / self.fps
 
 
 def _open_container(path: str | os.PathLike) -> av.container.InputContainer:
@@ -66,27 +61,6 @@ def _open_container(path: str | os.PathLike) -> av.container.InputContainer:
         container.close()
         raise VideoError(f"{path} has no video stream; upload a video clip.")
     return container
-
-
-def probe_video(path: str | os.PathLike) -> dict:
-    """Duration (s), fps, size and audio presence of a video, without decoding it."""
-    container = _open_container(path)
-    try:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0) or 0.0
-        duration = float(container.duration / av.time_base) if container.duration else None
-        if duration is None and stream.duration and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        return {
-            "duration": duration,
-            "fps": fps,
-            "width": stream.codec_context.width,
-            "height": stream.codec_context.height,
-            "frames": stream.frames or None,
-            "has_audio": bool(container.streams.audio),
-        }
-    finally:
-        container.close()
 
 
 def read_video(
