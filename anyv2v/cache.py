@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import AnyV2VError
+from .files import PART_SUFFIX, atomic_output
 
 CACHE_FORMAT = 1
 
@@ -118,16 +118,9 @@ class InversionCache:
         meta = {"format": str(CACHE_FORMAT), "created": str(time.time())}
         meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
         with self._locked():
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
-            os.close(fd)
-            try:
+            with atomic_output(self._path(inversion.key)) as tmp:
                 save_file(tensors, tmp, metadata=meta)
-                os.replace(tmp, self._path(inversion.key))
-                _touch(self._path(inversion.key))
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            _touch(self._path(inversion.key))
             self._evict(keep=inversion.key)
         return True
 
@@ -157,7 +150,7 @@ class InversionCache:
                 path.unlink()
             total -= size
         # Temp files of writers that died are garbage after a while.
-        for stale in self.directory.glob(".tmp-*.safetensors"):
+        for stale in self.directory.glob(f".*{PART_SUFFIX}"):
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - stale.stat().st_mtime > 3600:  # seconds
                     stale.unlink()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from .errors import AnyV2VError
 from .inversion import ProgressCallback, StopCheck, check_stop, invert
 from .sampler import SamplingSettings, sample
 from .schedule import check_inversion_steps
-from .video import Clip, load_image, publish_file, prepare_edited_frame, prepare_frames, read_video, write_video
+from .files import atomic_output
+from .video import Clip, load_image, prepare_edited_frame, prepare_frames, read_video, write_video
 
 OOM_ADVICE = "lower the frame count or the size, or turn on CPU offload (CLI: --frames, --size, --cpu-offload), then try again."
 
@@ -243,12 +243,5 @@ def versions() -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json.part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-        publish_file(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import uuid
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import VideoError
+from .files import atomic_output
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -248,14 +248,6 @@ def prepare_edited_frame(
     return image, notes
 
 
-def publish_file(tmp_name: str, path: str | os.PathLike) -> None:
-    """Move a finished temp file to its final name with ordinary file permissions (mkstemp makes 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)
-    os.replace(tmp_name, path)
-
-
 def unique_path(directory: str | os.PathLike, stem: str, suffix: str) -> Path:
     """A new file name in `directory` that no existing file has."""
     directory = Path(directory)
@@ -283,11 +275,8 @@ def write_video(
     width, height = frames[0].size
     if width % 2 or height % 2:
         raise VideoError(f"H.264 needs an even width and height, got {width}x{height}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".mp4.part", dir=path.parent)
-    os.close(fd)
     rate = Fraction(fps).limit_denominator(1001)
-    try:
+    with atomic_output(path) as tmp_name:
         with av.open(tmp_name, mode="w", format="mp4", options={"movflags": "faststart"}) as out:
             vstream = out.add_stream("libx264", rate=rate)
             vstream.width, vstream.height = width, height
@@ -313,11 +302,6 @@ def write_video(
                 _copy_audio(audio_in, astream, out, audio_start, len(frames) / float(fps))
             if audio_in is not None:
                 audio_in.close()
-        publish_file(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
     return path
 
 

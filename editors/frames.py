@@ -7,12 +7,12 @@ Every frame an editor sees comes through the engine's own code (`anyv2v.video.re
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from anyv2v.config import EditConfig
+from anyv2v.files import atomic_output
 from anyv2v.video import fit_frame, prepare_frames, read_video, working_size
 
 from .base import EditorError
@@ -82,28 +82,12 @@ def save_png(image: Image.Image, path: str | os.PathLike, overwrite: bool = Fals
     if path.exists() and not overwrite:
         raise EditorError(f"{path} already exists; choose another name or pass --overwrite.")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png.part", dir=path.parent)
-    except OSError as exc:
-        raise EditorError(f"cannot write to {path.parent}: {exc.strerror or exc}.") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the result is an ordinary file
-        if overwrite:
-            os.replace(tmp_name, path)
-        else:
-            try:
-                os.link(tmp_name, path)
-            except FileExistsError:
-                raise EditorError(f"{path} already exists; choose another name or pass --overwrite.") from None
-            except OSError:
-                # Filesystems without hard links: the existence check above is the best we can do.
-                os.replace(tmp_name, path)
+        with atomic_output(path, overwrite=overwrite) as tmp_name:
+            image.save(tmp_name, format="PNG")
+    except FileExistsError:
+        raise EditorError(f"{path} already exists; choose another name or pass --overwrite.") from None
     except OSError as exc:
         raise EditorError(f"cannot write {path}: {exc.strerror or exc}.") from None
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return path
 
 

@@ -287,7 +287,7 @@ def test_cache_evicts_least_recently_used(tmp_path):
     assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
     assert cache.size() <= cache.max_bytes
     assert not cache.put(Inversion({t: torch.zeros(1, 4, 8, 128, 128) for t in (1, 3)}, "huge"))  # over budget
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*.part"))
 
 
 def _writer(directory: str, key: str) -> None:
@@ -312,7 +312,7 @@ def test_cache_is_safe_with_two_processes(tmp_path):
     assert cache.size() <= cache.max_bytes
     for path, _, _ in cache.entries():
         assert cache.get(path.stem) is not None  # every file left is complete
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*.part"))
 
 
 # ---- long clips and settings ------------------------------------------------------------------------------
