@@ -187,8 +187,14 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def looks_like_path(model: str) -> bool:
-    """Paths start with '.', '/' or '~' or have more than one '/'; hub ids are 'owner/name'."""
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.path.isdir(model)
+    """True for what a user means as a local path; hub ids are 'owner/name' without extra slashes."""
+    return (
+        model.startswith((".", "/", "~"))
+        or model.count("/") > 1
+        or (os.sep != "/" and os.sep in model)
+        or model.endswith(".safetensors")
+        or os.path.isdir(model)
+    )
 
 
 def check_model_reference(model: str) -> None:

@@ -171,16 +171,6 @@ def model_key(model: str) -> str:
     return os.path.abspath(model) if os.path.exists(model) else model
 
 
-def looks_like_path(model: str) -> bool:
-    """True for things a user means as a local path (hub ids are 'owner/name' without dots or extra slashes)."""
-    return (
-        model.startswith((".", "/", "~"))
-        or model.count("/") > 1
-        or (os.sep != "/" and os.sep in model)
-        or model.endswith(".safetensors")
-    )
-
-
 def resolve_torch_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
     """`anyv2v.device.resolve_device` with bad names and missing CUDA turned into one-line errors."""
     if dtype is not None and dtype not in ("float16", "bfloat16", "float32"):
@@ -378,7 +368,6 @@ __all__ = [
     "empty_target_dir",
     "save_dir_atomically",
     "finish_image",
-    "looks_like_path",
     "model_key",
     "resolve_torch_device",
 ]

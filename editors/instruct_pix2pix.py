@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from anyv2v.backbone import looks_like_path
 from anyv2v.errors import ModelLoadError
 from anyv2v.tiny import tiny_clip_text
 
@@ -24,7 +25,6 @@ from .base import (
     EditorInput,
     Progress,
     empty_target_dir,
-    looks_like_path,
     missing_model_message,
     resolve_torch_device,
     save_dir_atomically,

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from anyv2v.backbone import looks_like_path
 from anyv2v.errors import ModelLoadError
 
 from .base import (
@@ -32,7 +33,6 @@ from .base import (
     EditorInput,
     Progress,
     empty_target_dir,
-    looks_like_path,
     missing_model_message,
     resolve_torch_device,
     save_dir_atomically,
