@@ -698,6 +698,14 @@ def editor_widget(
             label=label, type="filepath", format="png", sources=["upload", "clipboard"], height=240,
             elem_id=elem_id, **extra,
         )
+    if spec.kind == "mask":
+        if api:  # a mask image file: white (or opaque) pixels mark the region
+            return gr.Image(label=label, type="filepath", format="png", elem_id=elem_id, **extra)
+        # Painted over the prepared first frame (the page sets the background when a clip is prepared).
+        return gr.ImageEditor(
+            label=label, type="pil", image_mode="RGBA", sources=["upload", "clipboard"], height=320,
+            brush=gr.Brush(colors=["#ff3366"], color_mode="fixed"), eraser=gr.Eraser(), elem_id=elem_id, **extra,
+        )
     if spec.kind == "seed":
         return gr.Number(label=label, value=value, precision=0, minimum=0, info=info, elem_id=elem_id, **extra)
     integer = spec.kind == "int"

@@ -30,7 +30,11 @@ from anyv2v.video import load_image
 
 Progress = Callable[[float, str], None]
 
-INPUT_KINDS = ("text", "image", "int", "float", "seed")
+# "mask": a region of the frame being edited (painted in the app, a mask image file from the CLI and the API);
+# it reaches `_edit` as a mode "L" image with values 0 or 255 (see `as_mask`).
+INPUT_KINDS = ("text", "image", "mask", "int", "float", "seed")
+# Video settings an editor may suggest for the propagation step (`Editor.video_settings`).
+VIDEO_SETTING_NAMES = ("tau_conv", "tau_sa", "tau_ta", "start_index")
 MAX_CANDIDATES = 8
 MAX_SEED = 2**32 - 1
 MIN_FRAME_SIDE = 16
@@ -46,7 +50,7 @@ class EditorInput:
     """One input an editor needs: the app turns it into a widget, the CLI into a flag."""
 
     name: str
-    kind: str  # "text" | "image" | "int" | "float" | "seed"
+    kind: str  # "text" | "image" | "mask" | "int" | "float" | "seed"
     label: str
     default: Any = None
     minimum: float | None = None
@@ -73,7 +77,7 @@ class EditorInput:
             value = None
         if value is None:
             if self.required:
-                what = "an image" if self.kind == "image" else "a value"
+                what = {"image": "an image", "mask": "a painted region or a mask image"}.get(self.kind, "a value")
                 raise EditorError(f"{self.label} is required: give {what}. {self.help}".strip())
             return self.default
         if self.kind == "text":
@@ -83,6 +87,11 @@ class EditorInput:
             return text
         if self.kind == "image":
             return as_image(value, self.label)
+        if self.kind == "mask":
+            mask = as_mask(value, self.label)
+            if mask is None and self.required:
+                raise EditorError(f"{self.label} is empty: paint the region or give a mask image. {self.help}".strip())
+            return mask
         return self._number(value)
 
     def _number(self, value: Any) -> int | float:
@@ -125,6 +134,38 @@ def as_image(value: Any, label: str) -> Image.Image:
             raise EditorError(f"{label} must be an 8-bit image array, got {value.dtype} with shape {value.shape}.")
         return Image.fromarray(value)
     raise EditorError(f"{label} must be an image or an image file path, got {type(value).__name__}.")
+
+
+def as_mask(value: Any, label: str) -> Image.Image | None:
+    """A region as a mode "L" image of 0 and 255, or None when nothing is marked.
+
+    Accepted: a Gradio ImageEditor value (the union of its painted layers' opaque pixels; the background is
+    the frame itself and never counts), an image or image file with transparency (opaque pixels), or a
+    plain black-and-white image or file (pixels brighter than mid-grey).
+    """
+    if isinstance(value, dict) and ("layers" in value or "background" in value):
+        layers = [layer for layer in value.get("layers") or [] if layer is not None]
+        if not layers:
+            return None
+        union: np.ndarray | None = None
+        for layer in layers:
+            alpha = np.asarray(as_image(layer, label).convert("RGBA").getchannel("A")) > 127
+            union = alpha if union is None else (union | alpha if union.shape == alpha.shape else union)
+        assert union is not None
+        return Image.fromarray(np.where(union, 255, 0).astype(np.uint8), mode="L") if union.any() else None
+    image = as_image(value, label)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+        if alpha.min() < 255:
+            marked = alpha > 127
+        else:
+            marked = np.asarray(image.convert("L")) > 127
+    else:
+        marked = np.asarray(image.convert("L")) > 127
+    if not marked.any():
+        return None
+    return Image.fromarray(np.where(marked, 255, 0).astype(np.uint8), mode="L")
 
 
 class ModelCache:
@@ -195,6 +236,9 @@ class Editor(abc.ABC):
     model_env: str | None = None  # environment variable that overrides the default model
     supports_candidates: bool = True
     oom_advice: str = "lower the resolution or the number of candidates."
+    # Suggested video settings for edits made with this editor (names from VIDEO_SETTING_NAMES), e.g. the
+    # AnyV2V paper's settings for its kind of edit; the app offers them when this editor's frame is used.
+    video_settings: dict[str, float] = {}
 
     def __init__(self) -> None:
         # Pipelines keep per-call state (scheduler timesteps), so one edit at a time per editor.
@@ -219,6 +263,11 @@ class Editor(abc.ABC):
         if not chosen:
             raise EditorError(f"the {self.name} editor uses no model.")
         return chosen
+
+    def unavailable_reason(self, model: str | None = None) -> str | None:
+        """Why this editor cannot run here (a missing optional package or model file), with what to install or
+        download; None when it can. Cheap: never loads a model. The app still shows the tab with this text."""
+        return None
 
     def validate_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         """Checked values for every declared input, defaults filled in.
@@ -364,6 +413,8 @@ __all__ = [
     "Progress",
     "check_candidates",
     "as_image",
+    "as_mask",
+    "VIDEO_SETTING_NAMES",
     "check_frame",
     "empty_target_dir",
     "save_dir_atomically",
