@@ -23,7 +23,7 @@ from .inversion import ProgressCallback, StopCheck, check_stop, invert
 from .sampler import SamplingSettings, sample
 from .schedule import check_inversion_steps
 from .files import atomic_output
-from .video import Clip, load_image, prepare_edited_frame, prepare_frames, read_video, write_video
+from .video import MAX_FRAMES, Clip, frame_fitter, load_image, prepare_edited_frame, read_video, write_video
 
 OOM_ADVICE = "lower the frame count or the size, or turn on CPU offload (CLI: --frames, --size, --cpu-offload), then try again."
 
@@ -60,10 +60,16 @@ class EditResult:
     fps: int = 0
 
 
-def prepare_clip(video: str | os.PathLike, config: EditConfig) -> PreparedClip:
-    """Read `config.frames` frames at `config.fps` from `config.start_time` and fit them to the working size."""
-    clip = read_video(video, frames=config.frames, fps=config.fps, start_time=config.start_time)
-    return PreparedClip(prepare_frames(clip, config.width, config.height, config.resize_mode), clip)
+def prepare_clip(video: str | os.PathLike, config: EditConfig, max_frames: int = MAX_FRAMES) -> PreparedClip:
+    """Read `config.frames` frames at `config.fps` from `config.start_time`, fitted to the working size as read.
+
+    `clip.frames` are the fitted frames (no source-size copy is kept); more than `max_frames` is refused early.
+    """
+    clip = read_video(
+        video, frames=config.frames, fps=config.fps, start_time=config.start_time, max_frames=max_frames,
+        fit=frame_fitter(config.width, config.height, config.resize_mode),
+    )
+    return PreparedClip(clip.frames, clip)
 
 
 def prepare_edit_image(edited: str | os.PathLike | Image.Image, clip: PreparedClip, config: EditConfig) -> tuple[Image.Image, list[str]]:
@@ -160,6 +166,7 @@ def run_edit(
 
     clip = prepared or prepare_clip(video, config)
     edited, notes = prepare_edit_image(edited_frame, clip, config)
+    notes = clip.clip.notes + notes
     lap("prepare")
     check_stop(should_stop)
 

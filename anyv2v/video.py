@@ -6,9 +6,10 @@ All frames are RGB PIL images. Every function raises VideoError with one line a 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class Clip:
     source_fps: float
     source_size: tuple[int, int]
     has_audio: bool
+    notes: list[str] = field(default_factory=list)  # what reading changed (e.g. a clip shorter than asked)
 
 
 def _open_container(path: str | os.PathLike) -> av.container.InputContainer:
@@ -69,14 +71,21 @@ def read_video(
     fps: float = 8,
     start_time: float = 0.0,
     end_time: float | None = None,
+    max_frames: int = MAX_FRAMES,
+    fit: Callable[[Image.Image, tuple[int, int]], Image.Image] | None = None,
 ) -> Clip:
     """Sample `frames` frames at `fps` starting at `start_time` (frames=0: every sample up to `end_time` or the end).
 
     A frame at time t is the last decoded frame whose timestamp is <= t, so a 24 fps source sampled at 8 fps
-    takes every third frame.
+    takes every third frame. A clip with fewer frames than asked gives all it has (at least 2) and says so in
+    `Clip.notes`. More than `max_frames` frames is refused: before decoding when the container's duration
+    tells, else as soon as decoding passes the limit, so a long upload is never decoded whole. `fit(image,
+    source_size)` is applied to each picked frame as it is taken, so only fitted frames are held in memory.
     """
     if fps <= 0:
         raise VideoError(f"fps must be positive, got {fps}.")
+    if frames > max_frames:
+        raise VideoError(f"{frames} frames were requested; the limit is {max_frames}. Lower the frame count.")
     container = _open_container(path)
     try:
         stream = container.streams.video[0]
@@ -95,11 +104,29 @@ def read_video(
                 f"the requested clip is {limit - start_time:.0f} s long; the limit is {MAX_DECODE_SECONDS:.0f} s. "
                 "Set an end time or a frame count."
             )
+        too_many = (
+            f"the clip gives {{count}} frames at {fps:g} fps; the limit is {max_frames}. "
+            "Set a frame count, an end time or a lower fps."
+        )
+        if not frames and math.isfinite(limit):
+            estimate = int(math.floor((limit - start_time) * fps + 1e-6)) + 1
+            if estimate > max_frames:
+                raise VideoError(too_many.format(count=f"about {estimate}"))
         wanted: list[float] = []
         if frames:
             wanted = [start_time + i / fps for i in range(frames)]
         picked: list[Image.Image] = []
-        last: Image.Image | None = None
+        last: av.VideoFrame | None = None
+        last_taken: Image.Image | None = None
+
+        def take(frame: av.VideoFrame) -> Image.Image:
+            # A decoded frame may cover several wanted times (source fps < fps): convert and fit it once.
+            nonlocal last_taken
+            if last_taken is None:
+                image = frame.to_image().convert("RGB")
+                last_taken = fit(image, (width, height)) if fit is not None else image
+            return last_taken
+
         last_time = -math.inf
         next_index = 0
         decoded = 0
@@ -114,11 +141,14 @@ def read_video(
                     target = _next_time(wanted, next_index, start_time, fps, frames)
                     if target > limit + 1e-6 or t <= target + 1e-6:
                         break
-                    picked.append(last)
+                    picked.append(take(last))
                     next_index += 1
+                if len(picked) > max_frames:
+                    raise VideoError(too_many.format(count=f"more than {max_frames}"))
                 if frames and next_index >= len(wanted):
                     break
-                last = frame.to_image().convert("RGB")
+                last = frame
+                last_taken = None
                 last_time = t
                 if t - start_time > MAX_DECODE_SECONDS + 1:
                     break
@@ -131,27 +161,27 @@ def read_video(
             target = _next_time(wanted, next_index, start_time, fps, frames)
             if target is None or target > limit + 1e-6 or target >= last_time + frame_period - 1e-6:
                 break
-            picked.append(last)
+            picked.append(take(last))
             next_index += 1
+            if len(picked) > max_frames:
+                raise VideoError(too_many.format(count=f"more than {max_frames}"))
         if decoded == 0 or last is None:
             raise VideoError(f"{path} has no decodable frames; the file may be corrupt or empty.")
         if not picked:
             raise VideoError(
                 f"{path} ends before start time {start_time:g} s (it is about {last_time:.2f} s long)."
             )
-        if frames and len(picked) < frames:
-            available = len(picked)
-            raise VideoError(
-                f"{path} has only {available} frame(s) at {fps:g} fps from {start_time:g} s, "
-                f"but {frames} were requested; lower frames to {available} or lower fps."
-            )
-        if len(picked) > MAX_FRAMES:
-            raise VideoError(
-                f"the clip gives {len(picked)} frames at {fps:g} fps; the limit is {MAX_FRAMES}. "
-                "Set a frame count, an end time or a lower fps."
-            )
         if len(picked) < 2:
-            raise VideoError(f"{path} gives only one frame at {fps:g} fps; a video edit needs at least 2 frames.")
+            raise VideoError(
+                f"{os.path.basename(str(path))} gives only one frame at {fps:g} fps from {start_time:g} s; "
+                "a video edit needs at least 2 frames (use a longer clip, an earlier start or a higher fps)."
+            )
+        notes: list[str] = []
+        if frames and len(picked) < frames:
+            notes.append(
+                f"the clip has only {len(picked)} frames at {fps:g} fps from {start_time:g} s; "
+                f"used all {len(picked)} instead of {frames}"
+            )
         return Clip(
             frames=picked,
             fps=float(fps),
@@ -160,6 +190,7 @@ def read_video(
             source_fps=source_fps,
             source_size=(width, height),
             has_audio=bool(container.streams.audio),
+            notes=notes,
         )
     finally:
         container.close()
@@ -201,9 +232,13 @@ def fit_frame(image: Image.Image, size: tuple[int, int], resize_mode: str = "cro
     return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
 
 
-def prepare_frames(clip: Clip, width: int, height: int, resize_mode: str = "crop") -> list[Image.Image]:
-    size = working_size(clip.source_size, width, height, resize_mode)
-    return [fit_frame(frame, size, resize_mode) for frame in clip.frames]
+def frame_fitter(width: int, height: int, resize_mode: str = "crop") -> Callable[[Image.Image, tuple[int, int]], Image.Image]:
+    """`read_video`'s `fit`: each frame to the working size for its source size, as it is read."""
+
+    def fit(image: Image.Image, source_size: tuple[int, int]) -> Image.Image:
+        return fit_frame(image, working_size(source_size, width, height, resize_mode), resize_mode)
+
+    return fit
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:

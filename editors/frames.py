@@ -13,7 +13,7 @@ from PIL import Image
 
 from anyv2v.config import EditConfig
 from anyv2v.files import atomic_output
-from anyv2v.video import fit_frame, prepare_frames, read_video, working_size
+from anyv2v.video import fit_frame, frame_fitter, read_video, working_size
 
 from .base import EditorError
 
@@ -37,8 +37,8 @@ def first_frame(
     many are read.
     """
     check_video_settings(width, height, resize_mode, fps, start_time)
-    clip = read_video(video, frames=2, fps=fps, start_time=start_time)
-    return prepare_frames(clip, width, height, resize_mode)[0]
+    clip = read_video(video, frames=2, fps=fps, start_time=start_time, fit=frame_fitter(width, height, resize_mode))
+    return clip.frames[0]
 
 
 def fit_image(image: Image.Image, width: int = 512, height: int = 512, resize_mode: str = "crop") -> Image.Image:

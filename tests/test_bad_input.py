@@ -104,7 +104,7 @@ def test_rgba_and_odd_sized_edited_frame_is_fitted_and_reported(run_cli, tmp_pat
         (["--start-index", "10"], "start_index=10 is past the 10-step schedule"),
         (["--inversion-steps", "7"], "use inversion_steps in: 10, 20, 39-40"),
         (["--inversion-steps", "1000", "--steps", "50"], "use inversion_steps in: 50, 99-100"),
-        (["--frames", "40"], "lower frames to 16"),
+        (["--frames", "600"], "frames=600 must be between 2 and 512"),
     ],
 )
 def test_bad_settings(run_cli, flags, needle):

@@ -19,7 +19,7 @@ from PIL import Image
 
 import editors
 from anyv2v.errors import AnyV2VError, ModelLoadError, OutOfMemoryError
-from anyv2v.video import fit_frame, load_image, prepare_edited_frame, prepare_frames, read_video
+from anyv2v.video import fit_frame, frame_fitter, load_image, prepare_edited_frame, read_video
 from editors import available_editors, get_editor
 from editors.__main__ import main as cli_main
 from editors.base import MODEL_CACHE, Editor, EditorError, EditorInput
@@ -285,7 +285,7 @@ def test_stylize_returns_the_content_size(vgg_model: Path, small_frame: Image.Im
 @pytest.fixture(scope="session")
 def engine_first_frame(demo: Path) -> Image.Image:
     """The first frame exactly as the engine prepares a 16-frame, 512x512 center-crop edit."""
-    return prepare_frames(read_video(KITTEN, frames=16, fps=8), 512, 512, "crop")[0]
+    return read_video(KITTEN, frames=16, fps=8, fit=frame_fitter(512, 512, "crop")).frames[0]
 
 
 def test_manual_fitting_equals_engine_preparation(engine_first_frame: Image.Image) -> None:
@@ -323,7 +323,7 @@ def test_exported_source_frame_round_trips_exactly(engine_first_frame: Image.Ima
 
 def test_keep_aspect_export_matches_engine(tmp_path: Path) -> None:
     out = export_source_frame(KITTEN, tmp_path / "wide.png", width=256, height=256, resize_mode="keep_aspect")
-    engine = prepare_frames(read_video(KITTEN, frames=16, fps=8), 256, 256, "keep_aspect")[0]
+    engine = read_video(KITTEN, frames=16, fps=8, fit=frame_fitter(256, 256, "keep_aspect")).frames[0]
     assert arrays_equal(load_image(out), engine)
 
 
