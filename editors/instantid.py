@@ -192,9 +192,24 @@ class InstantIDEditor(Editor):
             reasons.append(f"the SDXL folder {base} ({SDXL_ENV}) does not exist.")
         return " ".join(reasons) or None
 
-    def load_analyzer(self, device: str | None, dtype: str | None) -> FaceAnalyzer:
+    def load_analyzer(self, device: str | None = None, dtype: str | None = None) -> FaceAnalyzer:
+        """The configured face analyzer (cached); EditorError saying what to install when it is missing."""
+        reason = analyzer_unavailable_reason()
+        if reason:  # before the cache, so a failed load evicts no other model
+            raise EditorError(reason)
         key = f"faces:{analyzer_spec()}:{face_models_dir()}"
         return self.load_model(key, device, dtype, load_face_analyzer)
+
+    def pipeline(self, model: str | None = None, device: str | None = None, dtype: str | None = None) -> Any:
+        """The cached `InstantIDImg2ImgPipeline` for the InstantID folder `model` and its SDXL base."""
+        folder = self.instantid_folder(model)
+        reason = check_instantid_folder(folder)
+        if reason:
+            raise EditorError(reason)
+        base = sdxl_base(folder)
+        return self.load_model(
+            f"{model_key(str(folder))}+{model_key(base)}", device, dtype, lambda: _load(folder, base, device, dtype)
+        )
 
     def _edit(
         self,
@@ -212,7 +227,7 @@ class InstantIDEditor(Editor):
         if denoising_steps < 1:
             raise EditorError(f"steps x strength = {steps} x {strength:g} is under one step; raise either.")
         model_reason = check_instantid_folder(folder)
-        if model_reason:
+        if model_reason:  # before any work
             raise EditorError(model_reason)
 
         progress(0.0, "finding the faces")
@@ -236,11 +251,8 @@ class InstantIDEditor(Editor):
         keypoint_image = draw_keypoints(size, np.asarray(target.keypoints, dtype=np.float32) * scale)
         init_image = frame.resize(size, Image.Resampling.LANCZOS) if size != frame.size else frame
 
-        base = sdxl_base(folder)
-        progress(0.0, f"loading InstantID from {folder} on SDXL {base}")
-        pipe = self.load_model(
-            f"{model_key(str(folder))}+{model_key(base)}", device, dtype, lambda: _load(folder, base, device, dtype)
-        )
+        progress(0.0, f"loading InstantID from {folder} on SDXL {sdxl_base(folder)}")
+        pipe = self.pipeline(str(folder), device, dtype)
         # CPU generators: the same seed gives the same candidate on any device.
         generators = [torch.Generator("cpu").manual_seed(values["seed"] + i) for i in range(candidates)]
 
