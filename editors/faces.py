@@ -199,6 +199,19 @@ def largest_face(faces: list[Face]) -> Face:
     return max(faces, key=lambda face: face.area)
 
 
+def face_number_at(faces: list[Face], x: float, y: float) -> int:
+    """The `Face` input (1..N, left to right) for a click at (x, y): the face whose box holds the point, else
+    the one whose centre is nearest; 0 when there are no faces."""
+    ordered = faces_left_to_right(faces)
+    if not ordered:
+        return 0
+    inside = [i for i, f in enumerate(ordered) if f.box[0] <= x <= f.box[2] and f.box[1] <= y <= f.box[3]]
+    if inside:  # nested boxes: the smallest holding the point
+        return min(inside, key=lambda i: ordered[i].area) + 1
+    centres = [((f.box[0] + f.box[2]) / 2 - x) ** 2 + ((f.box[1] + f.box[3]) / 2 - y) ** 2 for f in ordered]
+    return int(np.argmin(centres)) + 1
+
+
 def choose_face(faces: list[Face], index: int, what: str, how_to_pick: str | None = None) -> tuple[Face, str]:
     """The face to use and a note saying which: `index` 0 = the largest, 1..N = the N-th from the left.
 
@@ -303,6 +316,7 @@ __all__ = [
     "as_rgb_photo",
     "choose_face",
     "draw_keypoints",
+    "face_number_at",
     "face_models_dir",
     "load_face_analyzer",
 ]

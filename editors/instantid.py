@@ -44,6 +44,7 @@ from .faces import (
     choose_face,
     draw_keypoints,
     face_models_dir,
+    face_number_at,
     load_face_analyzer,
 )
 from .instantid_convert import (
@@ -210,6 +211,10 @@ class InstantIDEditor(Editor):
         return self.load_model(
             f"{model_key(str(folder))}+{model_key(base)}", device, dtype, lambda: _load(folder, base, device, dtype)
         )
+
+    def face_at(self, frame: Image.Image, x: float, y: float) -> int:
+        """The `face` value for a click at pixel (x, y) of the frame (for a UI that lets users click a face)."""
+        return face_number_at(self.load_analyzer().detect(frame.convert("RGB")), x, y)
 
     def _edit(
         self,

@@ -98,6 +98,14 @@ def test_choose_face_largest_by_default_or_nth_from_the_left():
         choose_face([fake_face(5, 5, 15, 15)], 0, "the first frame")
 
 
+def test_a_click_picks_the_face_under_it(use_tiny):
+    frame = scene((96, 64), boxes=((4, 10, 34, 40), (50, 12, 80, 42)))
+    editor = get_editor("instantid")
+    assert editor.face_at(frame, 60, 20) == 2 and editor.face_at(frame, 10, 30) == 1
+    assert editor.face_at(frame, 40, 5) == 1  # outside both boxes: the nearest centre
+    assert editor.face_at(scene(boxes=()), 10, 10) == 0
+
+
 def test_grey_and_transparent_photos_become_rgb():
     rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     rgb, note = as_rgb_photo(rgba)
