@@ -128,8 +128,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for editor in available_editors().values():
         print(f"{editor.name}  ({editor.title})")
         print(f"  {editor.description}")
-        for role, model_id in editor.model_ids.items():
-            override = f"; override with --model or {editor.model_env}" if editor.model_env else ""
+        for index, (role, model_id) in enumerate(editor.model_ids.items()):
+            # --model and the env variable replace the first role's model (`Editor.default_model`).
+            override = f"; override with --model or {editor.model_env}" if editor.model_env and index == 0 else ""
             print(f"  model {role}: {model_id}{override}")
         if not editor.model_ids:
             print("  model: none")

@@ -166,7 +166,7 @@ class InstantIDEditor(Editor):
         ),
         EditorInput("seed", "seed", "Seed", default=42, help="Candidate i uses seed + i."),
     )
-    model_ids = {"instantid": DEFAULT_INSTANTID_DIR, "sdxl": DEFAULT_SDXL}
+    model_ids = {"instantid": DEFAULT_INSTANTID_DIR, "sdxl": DEFAULT_SDXL}  # SDXL: ANYV2V_SDXL_MODEL
     model_env = MODEL_ENV
     supports_candidates = True
     oom_advice = "lower the working resolution or the number of candidates, or use float16 on a GPU."
