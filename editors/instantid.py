@@ -56,7 +56,7 @@ from .instantid_convert import (
     write_ip_adapter_safetensors,
 )
 
-ORDER = 50
+ORDER = 28  # after the other generative editors, before Manual
 MODEL_ENV = "ANYV2V_INSTANTID_MODEL"
 SDXL_ENV = "ANYV2V_SDXL_MODEL"
 DEFAULT_INSTANTID_DIR = "~/.cache/anyv2v/instantid"
