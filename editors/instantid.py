@@ -170,8 +170,9 @@ class InstantIDEditor(Editor):
     model_env = MODEL_ENV
     supports_candidates = True
     oom_advice = "lower the working resolution or the number of candidates, or use float16 on a GPU."
-    # The AnyV2V paper gives no separate setting for identity edits: the subject-swap values, with full
-    # temporal-attention injection so the motion stays the source's.
+    # The AnyV2V reference's four identity examples (i2vgen-xl/configs/group_pnp_edit/group_config.json) all use
+    # start_index 0 and tau_ta 1.0; tau_conv = tau_sa is hand-tuned per clip (0.0 and 0.1 for a walking man,
+    # 0.8 and 1.0 for a close-up). Suggested: their shared values and a low conv/attention injection.
     video_settings = {"tau_conv": 0.2, "tau_sa": 0.2, "tau_ta": 1.0, "start_index": 0}
 
     def instantid_folder(self, model: str | None = None) -> Path:
