@@ -15,10 +15,12 @@ backend users run. The backend is chosen by `ANYV2V_FACE_ANALYZER`:
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
 import importlib.util
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +100,10 @@ class InsightFaceAnalyzer(FaceAnalyzer):
 
         folder = Path(models_dir).expanduser()
         providers = providers or _onnx_providers()
-        self.detector = get_model(str(folder / DETECTOR_FILE), providers=providers)
-        self.recognizer = get_model(str(folder / RECOGNIZER_FILE), providers=providers)
+        # InsightFace prints the providers it applied; keep stdout for results (the CLI prints output paths).
+        with contextlib.redirect_stdout(sys.stderr):
+            self.detector = get_model(str(folder / DETECTOR_FILE), providers=providers)
+            self.recognizer = get_model(str(folder / RECOGNIZER_FILE), providers=providers)
         if self.detector is None or self.recognizer is None:
             raise EditorError(f"the ONNX files in {folder} are not InsightFace's SCRFD detector and ArcFace model.")
         context = 0 if "CUDAExecutionProvider" in providers else -1
