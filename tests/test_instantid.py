@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -386,3 +387,83 @@ def test_cli_run_writes_candidates_and_nothing_on_error(use_tiny, tmp_path, caps
         "three-quarter, not covered."
     )
     assert not list(tmp_path.glob("c*.png"))
+
+
+# ---- the InsightFace backend's glue (the insightface package itself is optional and not installed here) -----
+
+
+STUB_INSIGHTFACE = {
+    "insightface/__init__.py": "",
+    "insightface/utils/__init__.py": "",
+    "insightface/utils/face_align.py": '''
+import numpy as np
+CALLS = []
+def norm_crop(img, landmark, image_size=112):
+    CALLS.append((img[0, 0].tolist(), landmark.tolist(), image_size))
+    return np.zeros((image_size, image_size, 3), np.uint8)
+''',
+    "insightface/model_zoo/__init__.py": '''
+import numpy as np
+LOADED = []
+class Detector:
+    def prepare(self, ctx_id, **kwargs):
+        self.prepared = (ctx_id, kwargs)
+    def detect(self, img, max_num=0, metric="default"):
+        boxes = np.array([[10, 20, 50, 70, 0.9], [60, 5, 90, 40, 0.8]], np.float32)
+        kps = np.array([[[20, 30], [40, 30], [30, 45], [22, 60], [38, 60]]] * 2, np.float32)
+        return boxes, kps
+class Recognizer:
+    input_size = (112, 112)
+    def prepare(self, ctx_id, **kwargs):
+        self.prepared = ctx_id
+    def get_feat(self, img):
+        return np.arange(512, dtype=np.float32).reshape(1, 512)
+def get_model(name, **kwargs):
+    LOADED.append((name, kwargs))
+    print("Applied providers:", kwargs.get("providers"))
+    return Detector() if "scrfd" in name else Recognizer()
+''',
+}
+
+
+@pytest.fixture
+def stub_insightface(tmp_path, monkeypatch):
+    for name, text in STUB_INSIGHTFACE.items():
+        (tmp_path / "pkg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pkg" / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    yield
+    for name in [n for n in sys.modules if n == "insightface" or n.startswith("insightface.")]:
+        del sys.modules[name]  # later tests see the real environment (no insightface)
+
+
+def test_insightface_backend_uses_the_local_antelopev2_files(stub_insightface, tmp_path, monkeypatch, capsys):
+    """Checks our glue against insightface's model_zoo / face_align API, with the package stubbed."""
+    from editors.faces import InsightFaceAnalyzer, load_face_analyzer
+
+    models = tmp_path / "antelopev2"
+    monkeypatch.delenv("ANYV2V_FACE_ANALYZER", raising=False)
+    monkeypatch.setenv("ANYV2V_FACE_MODELS", str(models))
+    with pytest.raises(EditorError, match="scrfd_10g_bnkps.onnx and glintr100.onnx not found"):
+        load_face_analyzer()
+    models.mkdir()
+    for name in ("scrfd_10g_bnkps.onnx", "glintr100.onnx"):
+        (models / name).write_bytes(b"onnx")
+    analyzer = load_face_analyzer()
+    assert isinstance(analyzer, InsightFaceAnalyzer)
+    import insightface.model_zoo as zoo
+    from insightface.utils import face_align
+
+    assert [Path(name).name for name, _ in zoo.LOADED] == ["scrfd_10g_bnkps.onnx", "glintr100.onnx"]
+    assert zoo.LOADED[0][1]["providers"] == ["CPUExecutionProvider"]
+    assert analyzer.detector.prepared == (-1, {"input_size": (640, 640), "det_thresh": 0.5})
+    assert capsys.readouterr().out == ""  # its messages go to stderr
+
+    image = Image.new("RGB", (100, 80), (255, 0, 0))
+    faces = analyzer.detect(image)
+    assert [face.box for face in faces] == [(10.0, 20.0, 50.0, 70.0), (60.0, 5.0, 90.0, 40.0)]
+    assert faces[0].keypoints.shape == (5, 2) and faces[0].score == pytest.approx(0.9)
+    assert faces[0].embedding.shape == (512,) and faces[0].embedding[511] == 511  # raw, not normalised
+    pixel, landmark, size = face_align.CALLS[0]
+    assert pixel == [0, 0, 255] and size == 112  # InsightFace works on BGR
+    assert landmark == [[20, 30], [40, 30], [30, 45], [22, 60], [38, 60]]
