@@ -5,6 +5,7 @@
         [--style-image S] [--edited-image E] [--model ID_OR_DIR] [--steps N] [--seed S] [--candidates N] ...
     python -m editors export-frame --video V --out F.png        (the first frame exactly as the engine sees it)
     python -m editors make-tiny-model --editor NAME DIR
+    python -m editors convert-instantid SRC OUT_DIR  (InstantX/InstantID's ip-adapter.bin -> safetensors, once)
 
 `run` writes F.png (candidate 0, the given seed) and, with --candidates N > 1, F-1.png ... F-(N-1).png
 (candidate i used seed + i). With --video the first frame is prepared by the engine's own code
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=cmd_tiny)
     tiny.add_argument("--editor", required=True)
     tiny.add_argument("directory", help="new (or empty) folder")
+
+    convert = commands.add_parser(
+        "convert-instantid", help="convert a download of InstantX/InstantID into the folder the instantid editor loads"
+    )
+    convert.set_defaults(func=cmd_convert_instantid)
+    convert.add_argument("src", help="folder downloaded from InstantX/InstantID (ControlNetModel/, ip-adapter.bin)")
+    convert.add_argument("out_dir", help="new folder for ControlNetModel/ + ip-adapter.safetensors (ANYV2V_INSTANTID_MODEL)")
     return parser
 
 
@@ -120,8 +128,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for editor in available_editors().values():
         print(f"{editor.name}  ({editor.title})")
         print(f"  {editor.description}")
-        for role, model_id in editor.model_ids.items():
-            override = f"; override with --model or {editor.model_env}" if editor.model_env else ""
+        for index, (role, model_id) in enumerate(editor.model_ids.items()):
+            # --model and the env variable replace the first role's model (`Editor.default_model`).
+            override = f"; override with --model or {editor.model_env}" if editor.model_env and index == 0 else ""
             print(f"  model {role}: {model_id}{override}")
         if not editor.model_ids:
             print("  model: none")
@@ -196,6 +205,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_tiny(args: argparse.Namespace) -> int:
     print(get_editor(args.editor).make_tiny_model(args.directory))
+    return 0
+
+
+def cmd_convert_instantid(args: argparse.Namespace) -> int:
+    from .instantid_convert import convert_instantid
+
+    print(convert_instantid(args.src, args.out_dir))
     return 0
 
 

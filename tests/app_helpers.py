@@ -34,8 +34,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def make_models(root: Path, ip2p: bool = False) -> dict[str, str]:
-    """Tiny random models (the real classes) in `root`; the ANYV2V_* variables that point the app at them."""
+def make_models(root: Path, ip2p: bool = False, instantid: bool = False) -> dict[str, str]:
+    """Tiny random models (the real classes) in `root`; the ANYV2V_* variables that point the app at them.
+
+    `instantid` also plugs in the tests' face analyzer (bright boxes are faces, see tests/fake_faces.py)."""
     from anyv2v.tiny import make_tiny_model
 
     env = {"ANYV2V_MODEL": str(make_tiny_model(root / "i2vgen-xl-tiny"))}
@@ -43,6 +45,11 @@ def make_models(root: Path, ip2p: bool = False) -> dict[str, str]:
         from editors import get_editor
 
         env["ANYV2V_IP2P_MODEL"] = str(get_editor("instruct_pix2pix").make_tiny_model(root / "ip2p-tiny"))
+    if instantid:
+        from editors import get_editor
+
+        env["ANYV2V_INSTANTID_MODEL"] = str(get_editor("instantid").make_tiny_model(root / "instantid-tiny"))
+        env["ANYV2V_FACE_ANALYZER"] = "tests.fake_faces:make_analyzer"
     return env
 
 
