@@ -16,7 +16,9 @@ from .base import Editor, EditorError, EditorInput, ModelCache
 logger = logging.getLogger(__name__)
 
 # Modules of this package that are infrastructure, not editors.
-_NOT_EDITORS = frozenset({"base", "frames", "tiny", "__main__"})
+_NOT_EDITORS = frozenset(
+    {"base", "frames", "tiny", "__main__", "anydoor_convert", "anydoor_pipeline", "anydoor_preprocess", "masks"}
+)
 
 
 def available_editors() -> dict[str, Editor]:
