@@ -5,6 +5,7 @@
         [--style-image S] [--edited-image E] [--model ID_OR_DIR] [--steps N] [--seed S] [--candidates N] ...
     python -m editors export-frame --video V --out F.png        (the first frame exactly as the engine sees it)
     python -m editors make-tiny-model --editor NAME DIR
+    python -m editors convert-anydoor CKPT OUT_DIR            (the official AnyDoor checkpoint -> a model folder)
 
 `run` writes F.png (candidate 0, the given seed) and, with --candidates N > 1, F-1.png ... F-(N-1).png
 (candidate i used seed + i). With --video the first frame is prepared by the engine's own code
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     inputs = run.add_argument_group("editor inputs (each editor uses its own; see `list`)")
     for name, users in _input_specs().items():
         kinds = {spec.kind for _, spec in users}
-        metavar = "PATH" if kinds == {"image"} else "TEXT" if kinds == {"text"} else "N"
+        metavar = "PATH" if kinds <= {"image", "mask"} else "TEXT" if kinds == {"text"} else "N"
         used_by = "; ".join(f"{editor.name}: {_describe(spec)}" for editor, spec in users)
         # Values stay strings here: each editor's input checks and converts them, with its own message.
         inputs.add_argument(flag_for(name), dest=f"input_{name}", metavar=metavar, default=None, help=used_by)
@@ -105,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=cmd_tiny)
     tiny.add_argument("--editor", required=True)
     tiny.add_argument("directory", help="new (or empty) folder")
+
+    anydoor = commands.add_parser(
+        "convert-anydoor", help="convert the official AnyDoor checkpoint to a model folder (run once, with internet)"
+    )
+    anydoor.set_defaults(func=cmd_convert_anydoor)
+    anydoor.add_argument("checkpoint", help="epoch=1-step=8687.ckpt (or a weights-only copy / .safetensors)")
+    anydoor.add_argument("out_dir", help="new (or empty) folder for the converted model, e.g. models/anydoor")
+    anydoor.add_argument(
+        "--image-encoder", default="facebook/dinov2-giant", help="DINOv2 ViT-g/14 hub id or local folder to copy in"
+    )
+    anydoor.add_argument("--original-config", help="LDM model YAML (default: the built-in configs/anydoor.yaml)")
+    anydoor.add_argument(
+        "--dtype", choices=("float16", "bfloat16", "float32"), default="float16", help="stored precision (float16)"
+    )
     return parser
 
 
@@ -196,6 +211,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_tiny(args: argparse.Namespace) -> int:
     print(get_editor(args.editor).make_tiny_model(args.directory))
+    return 0
+
+
+def cmd_convert_anydoor(args: argparse.Namespace) -> int:
+    from .anydoor_convert import convert_anydoor
+
+    out = convert_anydoor(
+        args.checkpoint,
+        args.out_dir,
+        image_encoder=args.image_encoder,
+        original_config=args.original_config,
+        dtype=args.dtype,
+        report=lambda message: print(f"convert-anydoor: {message}", file=sys.stderr, flush=True),
+    )
+    print(out)
     return 0
 
 

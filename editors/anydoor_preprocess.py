@@ -28,7 +28,7 @@ from .base import EditorError
 REFERENCE_EXPAND = 1.2  # run_inference.py: the subject's box padded by 1.2x before squaring
 REGION_EXPAND = 1.1  # the target region's box grown 1.1x (training and run_inference.py)
 CROP_EXPAND = 2.0  # the crop around the region (run_inference.py draws 1.5-2.9)
-MAX_REGION_FRACTION = 0.8  # training never sees a region box wider or taller than 80% of the image
+MAX_REGION_FRACTION = 0.9  # a region this wide and tall leaves no context around it
 MIN_REGION_SIDE = 8  # pixels of the frame
 MIN_SUBJECT_SIDE = 8  # pixels of the reference
 MIN_REFERENCE_SIDE = 16
@@ -134,14 +134,13 @@ def target_region(mask: np.ndarray) -> Box:
             f"the target region is only {x1 - x0}x{y1 - y0} pixels; mark a region of at least "
             f"{MIN_REGION_SIDE}x{MIN_REGION_SIDE} pixels."
         )
-    grown = expand_box(box, REGION_EXPAND, height, width)
-    if grown[1] - grown[0] > MAX_REGION_FRACTION * height or grown[3] - grown[2] > MAX_REGION_FRACTION * width:
+    if y1 - y0 > MAX_REGION_FRACTION * height and x1 - x0 > MAX_REGION_FRACTION * width:
         raise EditorError(
             f"the target region ({x1 - x0}x{y1 - y0} of the {width}x{height} frame) covers nearly the whole frame; "
-            f"AnyDoor needs context around it: mark a region at most about {int(MAX_REGION_FRACTION / REGION_EXPAND * 100)}% "
-            "of the frame's width and height."
+            f"AnyDoor needs the scene around it: mark a region less than {int(MAX_REGION_FRACTION * 100)}% of the "
+            "frame's width or height."
         )
-    return grown
+    return expand_box(box, REGION_EXPAND, height, width)
 
 
 def fit_reference(image: Image.Image, mask: np.ndarray | None = None) -> tuple[Image.Image, np.ndarray | None]:
