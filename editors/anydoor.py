@@ -25,7 +25,7 @@ from anyv2v.errors import ModelLoadError
 from .base import Editor, EditorError, EditorInput, Progress, as_mask, missing_model_message, resolve_torch_device
 from .masks import SubjectMasker, missing_rembg_reason
 
-ORDER = 30
+ORDER = 25  # after the other generative editors, before the manual upload
 MODEL_ENV = "ANYV2V_ANYDOOR_MODEL"
 DEFAULT_MODEL = "./models/anydoor"  # a local folder: no hub copy in this format exists
 CONVERT_HINT = (
@@ -71,13 +71,13 @@ class AnyDoorEditor(Editor):
             "reference_mask",
             "image",
             "Subject mask",
-            help="Optional: white where the subject is in the photo. Without it: the photo's transparency, else rembg.",
+            help="White where the subject is in the photo. Without it: the photo's transparency, else rembg finds it.",
         ),
         EditorInput(
             "mask",
             "mask",
             "Target region",
-            help="Paint where the subject goes on the frame (or give a box).",
+            help="Where the subject goes: paint it on the frame, or a mask image of the frame (white = region).",
         ),
         EditorInput(
             "box",
