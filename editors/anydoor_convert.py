@@ -252,6 +252,8 @@ def convert_components(state: Mapping[str, torch.Tensor], original_config: Mappi
         )
     }
     controlnet_config["conditioning_channels"] = control_params["hint_channels"]
+    # LDM's SD 2.x attention computes its scores in float32 (ATTN_PRECISION "fp32"); keep that in float16 runs.
+    unet_config["upcast_attention"] = controlnet_config["upcast_attention"] = True
 
     unet = UNet2DConditionModel(**unet_config)
     _load_strict(unet, convert_ldm_unet_checkpoint(dict(state), unet_config), "UNet (model.diffusion_model.*)")

@@ -87,7 +87,7 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 def test_discovery_finds_every_editor_in_order() -> None:
     found = available_editors()
-    assert list(found) == ["instruct_pix2pix", "nst", "manual"]
+    assert list(found) == ["instruct_pix2pix", "nst", "anydoor", "manual"]
     for name, editor in found.items():
         assert isinstance(editor, Editor) and editor.name == name
         assert editor.title and editor.description and "\n" not in editor.description
@@ -95,7 +95,7 @@ def test_discovery_finds_every_editor_in_order() -> None:
     assert found["instruct_pix2pix"].model_ids == {"pipeline": "timbrooks/instruct-pix2pix"}
     assert found["nst"].model_ids == {"vgg19": "timm/vgg19.tv_in1k"}
     assert get_editor("Instruct-Pix2Pix") is found["instruct_pix2pix"]
-    with pytest.raises(EditorError, match="instruct_pix2pix, nst, manual"):
+    with pytest.raises(EditorError, match="instruct_pix2pix, nst, anydoor, manual"):
         get_editor("photoshop")
 
 
