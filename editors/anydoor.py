@@ -116,7 +116,8 @@ class AnyDoorEditor(Editor):
         missing = [name for name in _REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
         if missing:
             packages = {"cv2": "opencv-python-headless"}
-            return f"missing packages: {', '.join(packages.get(m, m) for m in missing)} (pip install -r requirements.txt)."
+            names = ", ".join(packages.get(m, m) for m in missing)
+            return f"missing packages: {names} (pip install -r requirements.txt)."
         chosen = self.resolve_model(model)
         if looks_like_path(chosen) and not os.path.isfile(os.path.join(chosen, "model_index.json")):
             return f"the converted AnyDoor model folder {chosen} is missing: {CONVERT_HINT}."

@@ -292,7 +292,8 @@ def _check_image_encoder(encoder: Any, state: Mapping[str, torch.Tensor], image_
         theirs = state.get(key)
         if theirs is None:
             continue
-        if theirs.shape != ours.shape or not torch.allclose(theirs.float(), ours.detach().float(), rtol=1e-2, atol=1e-3):
+        ours = ours.detach().float()
+        if theirs.shape != ours.shape or not torch.allclose(theirs.float(), ours, rtol=1e-2, atol=1e-3):
             raise ConversionError(
                 f"the image encoder {image_encoder} differs from the checkpoint's own DINOv2 ({key}); use "
                 f"--image-encoder {DEFAULT_IMAGE_ENCODER}."

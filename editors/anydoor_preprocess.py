@@ -60,7 +60,9 @@ def box_from_text(text: str, frame_size: tuple[int, int]) -> Box:
     try:
         x0, y0, x1, y1 = (int(round(float(part))) for part in parts)
     except ValueError:
-        raise EditorError(f"box {text!r} must be four numbers x0,y0,x1,y1 in frame pixels, e.g. 100,120,300,400.") from None
+        raise EditorError(
+            f"box {text!r} must be four numbers x0,y0,x1,y1 in frame pixels, e.g. 100,120,300,400."
+        ) from None
     if x1 <= x0 or y1 <= y0:
         raise EditorError(f"box {text!r} is empty: x1 must be greater than x0 and y1 greater than y0.")
     if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
@@ -227,7 +229,9 @@ def prepare_pair(
     target = np.asarray(frame.convert("RGB"))
     height, width = target.shape[:2]
     if region.shape != (height, width):
-        raise EditorError(f"the target region is {region.shape[1]}x{region.shape[0]} but the frame is {width}x{height}.")
+        raise EditorError(
+            f"the target region is {region.shape[1]}x{region.shape[0]} but the frame is {width}x{height}."
+        )
     region_box = target_region(region)
 
     subject, subject_mask = cut_out_subject(np.asarray(reference.convert("RGB")), reference_mask, encoder_size)
