@@ -133,7 +133,7 @@ class AnyDoorEditor(Editor):
 
         mask, box = values.get("mask"), (values.get("box") or "").strip()
         if mask is not None and box:
-            raise EditorError("give the target region either painted (--mask) or as a box (--box), not both.")
+            raise EditorError("give the target region one way, painted (or a mask image) or as a box, not both.")
         if box:
             region = box_mask(box_from_text(box, frame.size), frame.size)
         elif mask is not None:
@@ -172,7 +172,7 @@ class AnyDoorEditor(Editor):
             image, _ = fit_reference(reference.convert("RGB"))
             progress(0.0, "AnyDoor: finding the subject in the photo with rembg")
             mask = self._masker(image)
-            where = "rembg found nothing"
+            where = "rembg's mask"
         assert mask is not None
         subject_box(mask, where)
         return image, mask

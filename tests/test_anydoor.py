@@ -352,6 +352,12 @@ def test_converted_folder_is_safetensors_and_loads(converted: Path) -> None:
     assert (pipe.crop_size, pipe.encoder_size) == (64, 28)
     assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.steps_offset == 1
     assert pipe.vae.config.scaling_factor == pytest.approx(0.18215)
+    pipe.scheduler.set_timesteps(50)
+    assert pipe.scheduler.timesteps[0] == 981 and pipe.scheduler.timesteps[-1] == 1  # LDM's DDIM "uniform" steps
+    with torch.no_grad():
+        pipe.controlnet.conv_in.weight[0, 0, 0, 0] = 1.0
+    with pytest.raises(ValueError, match="conv_in is not zero"):
+        pipe.check_components()  # a ControlNet that would see the latent is not AnyDoor's
 
 
 def test_converted_weights_compute_like_the_ldm_layers(converted: Path, official_checkpoint) -> None:
@@ -658,7 +664,7 @@ def test_editor_bad_inputs_fail_before_any_model_work(tiny_anydoor: Path, tmp_pa
     model = str(tiny_anydoor)
     cases = [
         ({**good, "box": ""}, "Target region is required"),
-        ({**good, "mask": Image.new("L", (64, 64), 255)}, "either painted .* or as a box"),
+        ({**good, "mask": Image.new("L", (64, 64), 255)}, "one way, painted .* or as a box, not both"),
         ({**good, "box": "", "mask": Image.new("L", (64, 64), 0)}, "Target region is required"),
         ({**good, "box": "", "mask": Image.new("L", (64, 64), 255)}, "covers nearly the whole frame"),
         ({**good, "reference_mask": Image.new("L", (512, 512), 0)}, "Subject mask is empty"),
