@@ -419,6 +419,23 @@ def test_converted_weights_compute_like_the_ldm_layers(converted: Path, official
         assert len(down) == 4 and mid.shape == (1, 64, 4, 4)
 
 
+def test_converter_reads_a_safetensors_copy(official_checkpoint, tiny_dinov2_dir, converted: Path,
+                                            tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from editors.anydoor_convert import convert_anydoor
+
+    _, config, state = official_checkpoint
+    weights = tmp_path / "anydoor.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    out = convert_anydoor(weights, tmp_path / "from-safetensors", image_encoder=str(tiny_dinov2_dir),
+                          original_config=config, dtype="float32")
+    for part in ("unet", "controlnet", "vae", "image_projector"):
+        ours = load_file(str(out / part / "diffusion_pytorch_model.safetensors"))
+        reference = load_file(str(converted / part / "diffusion_pytorch_model.safetensors"))
+        assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
 def test_converter_refuses_pickled_objects(official_checkpoint, tiny_dinov2_dir, tmp_path: Path, capsys) -> None:
     _, config, state = official_checkpoint
     bad = tmp_path / "lightning.ckpt"
