@@ -445,7 +445,7 @@ BAD_INPUTS = [
         ["--editor", "nst", "--video", str(STYLE), "--style-image", str(STYLE)],
         "is an image, not a video",
     ),
-    ("unknown editor", ["--editor", "anydoor", "--video", str(KITTEN)], "choose one of"),
+    ("unknown editor", ["--editor", "photoshop", "--video", str(KITTEN)], "choose one of"),
     (
         "missing model",
         ["--editor", "nst", "--video", str(KITTEN), "--style-image", str(STYLE), "--model", "./no/such/vgg"],
