@@ -7,6 +7,7 @@ custom-model session (`u2net_custom`) with the path given explicitly, so nothing
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ from .base import EditorError
 REMBG_MODEL_ENV = "ANYV2V_REMBG_MODEL"
 REMBG_MODEL_URL = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/u2net.onnx"
 
+
 def rembg_model_path() -> Path:
     """The configured rembg model file (it may not exist)."""
     configured = os.environ.get(REMBG_MODEL_ENV, "").strip()
@@ -30,12 +32,7 @@ def rembg_model_path() -> Path:
 
 def missing_rembg_reason() -> str | None:
     """Why rembg cannot cut out a subject here (package or model file missing), with what to do; None if it can."""
-    try:
-        import importlib.util
-
-        missing = [name for name in ("rembg", "onnxruntime") if importlib.util.find_spec(name) is None]
-    except (ImportError, ValueError):
-        missing = ["rembg"]
+    missing = [name for name in ("rembg", "onnxruntime") if importlib.util.find_spec(name) is None]
     if missing:
         return (
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (pip install rembg "
