@@ -22,12 +22,17 @@ REMBG_MODEL_URL = "https://github.com/danielgatis/rembg/releases/download/v0.0.0
 
 
 def rembg_model_path() -> Path:
-    """The configured rembg model file (it may not exist)."""
+    """The configured rembg model file (it may not exist): `ANYV2V_REMBG_MODEL`, else `$U2NET_HOME/u2net.onnx`
+    (`~/.u2net`), else where rembg 2.x keeps its own download (`$REMBG_HOME/models/u2net/u2net.onnx`) if it is
+    there."""
     configured = os.environ.get(REMBG_MODEL_ENV, "").strip()
     if configured:
         return Path(configured).expanduser()
-    home = os.environ.get("U2NET_HOME", "").strip() or os.path.join("~", ".u2net")
-    return Path(home).expanduser() / "u2net.onnx"
+    legacy = Path(os.environ.get("U2NET_HOME", "").strip() or os.path.join("~", ".u2net")).expanduser()
+    current = Path(os.environ.get("REMBG_HOME", "").strip() or os.path.join("~", ".rembg")).expanduser()
+    primary = legacy / "u2net.onnx"
+    rembg_own = current / "models" / "u2net" / "u2net.onnx"
+    return rembg_own if not primary.is_file() and rembg_own.is_file() else primary
 
 
 def missing_rembg_reason() -> str | None:

@@ -641,9 +641,14 @@ def test_missing_rembg_model_says_what_to_put_where(tmp_path: Path, monkeypatch,
 
     monkeypatch.delenv("ANYV2V_REMBG_MODEL", raising=False)
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2"))
+    monkeypatch.setenv("REMBG_HOME", str(tmp_path / "rembg"))
     reason = missing_rembg_reason()
     assert str(tmp_path / "u2" / "u2net.onnx") in reason and "rembg's GitHub releases" in reason
     assert "subject mask" in reason and "RGBA" in reason
+    rembg_download = tmp_path / "rembg" / "models" / "u2net" / "u2net.onnx"  # where rembg 2.x downloads it
+    write_red_channel_onnx(rembg_download.parent.mkdir(parents=True) or rembg_download)
+    assert missing_rembg_reason() is None
+    rembg_download.unlink()
     editor = get_editor("anydoor")
     with pytest.raises(EditorError, match="u2net.onnx"):
         editor.reference_and_mask({"reference": Image.open(DOG).convert("RGB"), "reference_mask": None},
