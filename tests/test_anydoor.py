@@ -646,7 +646,8 @@ def test_missing_rembg_model_says_what_to_put_where(tmp_path: Path, monkeypatch,
     assert str(tmp_path / "u2" / "u2net.onnx") in reason and "rembg's GitHub releases" in reason
     assert "subject mask" in reason and "RGBA" in reason
     rembg_download = tmp_path / "rembg" / "models" / "u2net" / "u2net.onnx"  # where rembg 2.x downloads it
-    write_red_channel_onnx(rembg_download.parent.mkdir(parents=True) or rembg_download)
+    rembg_download.parent.mkdir(parents=True)
+    write_red_channel_onnx(rembg_download)
     assert missing_rembg_reason() is None
     rembg_download.unlink()
     editor = get_editor("anydoor")
