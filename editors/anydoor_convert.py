@@ -20,6 +20,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -213,9 +214,20 @@ def crop_and_encoder_sizes(original_config: Mapping[str, Any]) -> tuple[int, int
     return int(params.get("image_size", 64)) * vae_factor, int(cond.get("image_size", DEFAULT_ENCODER_SIZE))
 
 
-def convert_components(state: Mapping[str, torch.Tensor], original_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The UNet, ControlNet (zero conv_in), VAE and projector of an AnyDoor state dict as diffusers modules."""
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+@dataclass
+class ConvertedPart:
+    """One component in diffusers terms: its class name, config and renamed weights."""
+
+    class_name: str
+    config: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    what: str  # for messages: which part of the checkpoint it came from
+
+
+def map_anydoor_state(
+    state: Mapping[str, torch.Tensor], original_config: Mapping[str, Any]
+) -> dict[str, ConvertedPart]:
+    """The diffusers configs and weight names of an AnyDoor LDM state dict (no model is built: pure renaming)."""
     from diffusers.loaders.single_file_utils import (
         convert_controlnet_checkpoint,
         convert_ldm_unet_checkpoint,
@@ -223,8 +235,6 @@ def convert_components(state: Mapping[str, torch.Tensor], original_config: Mappi
         create_unet_diffusers_config_from_ldm,
         create_vae_diffusers_config_from_ldm,
     )
-
-    from .anydoor_pipeline import AnyDoorImageProjector, zero_conv_in
 
     image_size = crop_and_encoder_sizes(original_config)[0]
     with warnings.catch_warnings():
@@ -255,25 +265,52 @@ def convert_components(state: Mapping[str, torch.Tensor], original_config: Mappi
     # LDM's SD 2.x attention computes its scores in float32 (ATTN_PRECISION "fp32"); keep that in float16 runs.
     unet_config["upcast_attention"] = controlnet_config["upcast_attention"] = True
 
-    unet = UNet2DConditionModel(**unet_config)
-    _load_strict(unet, convert_ldm_unet_checkpoint(dict(state), unet_config), "UNet (model.diffusion_model.*)")
-    controlnet = ControlNetModel(**controlnet_config)
     control_weights = convert_controlnet_checkpoint(dict(state), controlnet_config)
-    # input_blocks.0.0 is trained-but-unused in AnyDoor ("skip the first layer"): drop it for a zero conv_in.
-    control_weights["conv_in.weight"] = torch.zeros_like(controlnet.conv_in.weight)
-    control_weights["conv_in.bias"] = torch.zeros_like(controlnet.conv_in.bias)
-    _load_strict(controlnet, control_weights, "ControlNet (control_model.*)")
-    zero_conv_in(controlnet)
-    vae = AutoencoderKL(**vae_config)
-    _load_strict(vae, convert_ldm_vae_checkpoint(dict(state), vae_config), "VAE (first_stage_model.*)")
-    weight = state["cond_stage_model.projector.weight"]
-    projector = AnyDoorImageProjector(in_features=weight.shape[1], out_features=weight.shape[0])
-    _load_strict(
-        projector,
-        {"proj.weight": weight, "proj.bias": state["cond_stage_model.projector.bias"]},
-        "projector (cond_stage_model.projector.*)",
-    )
-    return {"unet": unet, "controlnet": controlnet, "vae": vae, "image_projector": projector}
+    # input_blocks.0.0 is trained but unused in AnyDoor ("skip the first layer"): conv_in becomes zero.
+    control_weights["conv_in.weight"] = torch.zeros_like(control_weights["conv_in.weight"])
+    control_weights["conv_in.bias"] = torch.zeros_like(control_weights["conv_in.bias"])
+    projector = state["cond_stage_model.projector.weight"]
+    return {
+        "unet": ConvertedPart(
+            "UNet2DConditionModel",
+            unet_config,
+            convert_ldm_unet_checkpoint(dict(state), unet_config),
+            "UNet (model.diffusion_model.*)",
+        ),
+        "controlnet": ConvertedPart(
+            "ControlNetModel", controlnet_config, control_weights, "ControlNet (control_model.*)"
+        ),
+        "vae": ConvertedPart(
+            "AutoencoderKL",
+            vae_config,
+            convert_ldm_vae_checkpoint(dict(state), vae_config),
+            "VAE (first_stage_model.*)",
+        ),
+        "image_projector": ConvertedPart(
+            "AnyDoorImageProjector",
+            {"in_features": projector.shape[1], "out_features": projector.shape[0]},
+            {"proj.weight": projector, "proj.bias": state["cond_stage_model.projector.bias"]},
+            "projector (cond_stage_model.projector.*)",
+        ),
+    }
+
+
+def component_class(class_name: str) -> type:
+    import diffusers
+
+    from .anydoor_pipeline import AnyDoorImageProjector
+
+    return AnyDoorImageProjector if class_name == "AnyDoorImageProjector" else getattr(diffusers, class_name)
+
+
+def convert_components(state: Mapping[str, torch.Tensor], original_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The UNet, ControlNet (zero conv_in), VAE and projector of an AnyDoor state dict as loaded diffusers modules."""
+    modules = {}
+    for name, part in map_anydoor_state(state, original_config).items():
+        module = component_class(part.class_name)(**part.config)
+        _load_strict(module, part.weights, part.what)
+        modules[name] = module
+    return modules
 
 
 def _check_image_encoder(encoder: Any, state: Mapping[str, torch.Tensor], image_encoder: str) -> None:

@@ -85,12 +85,16 @@ TINY_LDM_CONFIG = {
 class LdmWriter:
     """Random tensors under the LDM (openaimodel / ldm autoencoder / cldm) parameter names and shapes."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, meta: bool = False) -> None:
         self.state: dict[str, torch.Tensor] = {}
         self.generator = torch.Generator().manual_seed(seed)
+        self.meta = meta  # shapes only: the full-size architecture without the memory
 
     def tensor(self, name: str, *shape: int) -> None:
-        self.state[name] = torch.randn(*shape, generator=self.generator) * 0.2
+        if self.meta:
+            self.state[name] = torch.empty(*shape, device="meta")
+        else:
+            self.state[name] = torch.randn(*shape, generator=self.generator) * 0.2
 
     def conv(self, name: str, c_in: int, c_out: int, k: int = 3) -> None:
         self.tensor(f"{name}.weight", c_out, c_in, k, k)
@@ -102,7 +106,9 @@ class LdmWriter:
             self.tensor(f"{name}.bias", c_out)
 
     def norm(self, name: str, c: int) -> None:
-        self.state[f"{name}.weight"] = 1 + torch.randn(c, generator=self.generator) * 0.1
+        self.tensor(f"{name}.weight", c)
+        if not self.meta:
+            self.state[f"{name}.weight"] = 1 + self.state[f"{name}.weight"] / 2
         self.tensor(f"{name}.bias", c)
 
     def resblock(self, name: str, c_in: int, c_out: int, emb: int) -> None:  # openaimodel.ResBlock
@@ -336,6 +342,33 @@ def test_converter_cli_reports_what_it_dropped(official_checkpoint, tiny_dinov2_
 
 
 # ---- converter ------------------------------------------------------------------------------------------------
+
+
+def test_official_architecture_maps_key_for_key() -> None:
+    """configs/anydoor.yaml at full size (shapes only, on the meta device): every LDM tensor lands on a diffusers
+    parameter of the same shape and no parameter is left out, so the real checkpoint loads strictly."""
+    from editors.anydoor_convert import ANYDOOR_LDM_CONFIG, component_class, map_anydoor_state
+
+    params = ANYDOOR_LDM_CONFIG["model"]["params"]
+    writer = LdmWriter(meta=True)
+    writer.unet(params["unet_config"]["params"])
+    writer.controlnet(params["control_stage_config"]["params"], 4)
+    first = params["first_stage_config"]["params"]
+    writer.vae(first["ddconfig"], first["embed_dim"])
+    writer.linear("cond_stage_model.projector", 1536, 1024)
+    assert sum(k.startswith("model.diffusion_model.") for k in writer.state) == 686  # SD 2.x UNet tensors
+    parts = map_anydoor_state(writer.state, ANYDOOR_LDM_CONFIG)
+    for name, part in parts.items():
+        with torch.device("meta"):
+            module = component_class(part.class_name)(**part.config)
+        expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+        assert {key: tuple(value.shape) for key, value in part.weights.items()} == expected, name
+    unet = parts["unet"].config
+    assert unet["cross_attention_dim"] == 1024 and unet["use_linear_projection"] is True
+    assert list(unet["attention_head_dim"]) == [5, 10, 20, 20]  # 64-channel heads
+    assert unet["sample_size"] == 64 and parts["vae"].config["scaling_factor"] == pytest.approx(0.18215)
+    assert parts["controlnet"].config["conditioning_channels"] == 4
+    assert parts["image_projector"].config == {"in_features": 1536, "out_features": 1024}
 
 
 def test_converted_folder_is_safetensors_and_loads(converted: Path) -> None:
