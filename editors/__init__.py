@@ -16,7 +16,13 @@ from .base import Editor, EditorError, EditorInput, ModelCache
 logger = logging.getLogger(__name__)
 
 # Modules of this package that are infrastructure, not editors.
-_NOT_EDITORS = frozenset({"base", "frames", "tiny", "__main__", "faces", "instantid_convert", "instantid_pipeline"})
+_NOT_EDITORS = frozenset(
+    {
+        "base", "frames", "tiny", "__main__",
+        "anydoor_convert", "anydoor_pipeline", "anydoor_preprocess", "masks",
+        "faces", "instantid_convert", "instantid_pipeline",
+    }
+)
 
 
 def available_editors() -> dict[str, Editor]:

@@ -5,7 +5,8 @@
         [--style-image S] [--edited-image E] [--model ID_OR_DIR] [--steps N] [--seed S] [--candidates N] ...
     python -m editors export-frame --video V --out F.png        (the first frame exactly as the engine sees it)
     python -m editors make-tiny-model --editor NAME DIR
-    python -m editors convert-instantid SRC OUT_DIR  (InstantX/InstantID's ip-adapter.bin -> safetensors, once)
+    python -m editors convert-anydoor CKPT OUT_DIR     (the official AnyDoor checkpoint -> a model folder, once)
+    python -m editors convert-instantid SRC OUT_DIR    (InstantX/InstantID's ip-adapter.bin -> safetensors, once)
 
 `run` writes F.png (candidate 0, the given seed) and, with --candidates N > 1, F-1.png ... F-(N-1).png
 (candidate i used seed + i). With --video the first frame is prepared by the engine's own code
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     inputs = run.add_argument_group("editor inputs (each editor uses its own; see `list`)")
     for name, users in _input_specs().items():
         kinds = {spec.kind for _, spec in users}
-        metavar = "PATH" if kinds == {"image"} else "TEXT" if kinds == {"text"} else "N"
+        metavar = "PATH" if kinds <= {"image", "mask"} else "TEXT" if kinds == {"text"} else "N"
         used_by = "; ".join(f"{editor.name}: {_describe(spec)}" for editor, spec in users)
         # Values stay strings here: each editor's input checks and converts them, with its own message.
         inputs.add_argument(flag_for(name), dest=f"input_{name}", metavar=metavar, default=None, help=used_by)
@@ -113,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_convert_instantid)
     convert.add_argument("src", help="folder downloaded from InstantX/InstantID (ControlNetModel/, ip-adapter.bin)")
     convert.add_argument("out_dir", help="new folder for ControlNetModel/ + ip-adapter.safetensors (ANYV2V_INSTANTID_MODEL)")
+
+    anydoor = commands.add_parser(
+        "convert-anydoor", help="convert the official AnyDoor checkpoint to a model folder (run once, with internet)"
+    )
+    anydoor.set_defaults(func=cmd_convert_anydoor)
+    anydoor.add_argument("checkpoint", help="epoch=1-step=8687.ckpt (or a weights-only copy / .safetensors)")
+    anydoor.add_argument("out_dir", help="new (or empty) folder for the converted model, e.g. models/anydoor")
+    anydoor.add_argument(
+        "--image-encoder", default="facebook/dinov2-giant", help="DINOv2 ViT-g/14 hub id or local folder to copy in"
+    )
+    anydoor.add_argument("--original-config", help="LDM model YAML (default: the built-in configs/anydoor.yaml)")
+    anydoor.add_argument(
+        "--dtype", choices=("float16", "bfloat16", "float32"), default="float16", help="stored precision (float16)"
+    )
     return parser
 
 
@@ -212,6 +227,21 @@ def cmd_convert_instantid(args: argparse.Namespace) -> int:
     from .instantid_convert import convert_instantid
 
     print(convert_instantid(args.src, args.out_dir))
+    return 0
+
+
+def cmd_convert_anydoor(args: argparse.Namespace) -> int:
+    from .anydoor_convert import convert_anydoor
+
+    out = convert_anydoor(
+        args.checkpoint,
+        args.out_dir,
+        image_encoder=args.image_encoder,
+        original_config=args.original_config,
+        dtype=args.dtype,
+        report=lambda message: print(f"convert-anydoor: {message}", file=sys.stderr, flush=True),
+    )
+    print(out)
     return 0
 
 

@@ -87,7 +87,7 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 def test_discovery_finds_every_editor_in_order() -> None:
     found = available_editors()
-    assert list(found) == ["instruct_pix2pix", "nst", "instantid", "manual"]
+    assert list(found) == ["instruct_pix2pix", "nst", "anydoor", "instantid", "manual"]
     for name, editor in found.items():
         assert isinstance(editor, Editor) and editor.name == name
         assert editor.title and editor.description and "\n" not in editor.description
@@ -95,7 +95,7 @@ def test_discovery_finds_every_editor_in_order() -> None:
     assert found["instruct_pix2pix"].model_ids == {"pipeline": "timbrooks/instruct-pix2pix"}
     assert found["nst"].model_ids == {"vgg19": "timm/vgg19.tv_in1k"}
     assert get_editor("Instruct-Pix2Pix") is found["instruct_pix2pix"]
-    with pytest.raises(EditorError, match="instruct_pix2pix, nst, instantid, manual"):
+    with pytest.raises(EditorError, match="instruct_pix2pix, nst, anydoor, instantid, manual"):
         get_editor("photoshop")
 
 
@@ -445,7 +445,7 @@ BAD_INPUTS = [
         ["--editor", "nst", "--video", str(STYLE), "--style-image", str(STYLE)],
         "is an image, not a video",
     ),
-    ("unknown editor", ["--editor", "anydoor", "--video", str(KITTEN)], "choose one of"),
+    ("unknown editor", ["--editor", "photoshop", "--video", str(KITTEN)], "choose one of"),
     (
         "missing model",
         ["--editor", "nst", "--video", str(KITTEN), "--style-image", str(STYLE), "--model", "./no/such/vgg"],
