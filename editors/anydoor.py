@@ -121,9 +121,8 @@ class AnyDoorEditor(Editor):
         chosen = self.resolve_model(model)
         if looks_like_path(chosen) and not os.path.isfile(os.path.join(chosen, "model_index.json")):
             return f"the converted AnyDoor model folder {chosen} is missing: {CONVERT_HINT}."
-        rembg = missing_rembg_reason()
-        if rembg is not None:
-            return f"automatic subject masks are off: {rembg}"
+        # A missing rembg model is not a reason: a subject mask or an RGBA reference still works, and the edit
+        # that needs rembg says which file to put where.
         return None
 
     # ---- inputs ---------------------------------------------------------------------------------------
