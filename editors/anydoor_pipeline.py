@@ -17,6 +17,8 @@ the official checkpoint, or by `make_tiny_anydoor` for tests. The crop and encod
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +50,44 @@ SD21_SCHEDULER = {
 }
 
 StepCallback = Callable[[int, int], None]
+
+
+def dinov2_position_embeddings(position_embeddings: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
+    """DINOv2's position embeddings for a `height` x `width` input as the official DINOv2 code computes them.
+
+    `facebookresearch/dinov2` (the copy AnyDoor runs) resizes the 37x37 grid bicubically with
+    `scale_factor=((rows + 0.1) / 37, (cols + 0.1) / 37)`; transformers' `Dinov2Embeddings` asks for `size=(rows,
+    cols)` instead, which samples the grid at other points (up to a fifth of a cell apart at 224 px).
+    """
+    count = position_embeddings.shape[1] - 1
+    side = int(math.sqrt(count))
+    rows, cols = height // patch, width // patch
+    if rows == cols == side:
+        return position_embeddings.float()
+    grid = position_embeddings[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(
+        grid, scale_factor=((rows + 0.1) / side, (cols + 0.1) / side), mode="bicubic", align_corners=False
+    )
+    if grid.shape[-2:] != (rows, cols):
+        raise ValueError(f"DINOv2 position grid {side}x{side} does not resize to {rows}x{cols}")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+    return torch.cat([position_embeddings[:, :1].float(), grid], dim=1)
+
+
+class OfficialDinoPositions:
+    """Forward hook on `Dinov2Model.embeddings`: swaps transformers' interpolated position embeddings for the
+    official ones (`dinov2_position_embeddings`), so the tokens are those AnyDoor was trained on."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.height, self.width = height, width
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            ours = module.interpolate_pos_encoding(output, self.height, self.width).float()
+            official = dinov2_position_embeddings(
+                module.position_embeddings, self.height, self.width, module.patch_size
+            )
+        return output + (official - ours).to(output.dtype)
 
 
 class AnyDoorImageProjector(ModelMixin, ConfigMixin):
@@ -122,6 +162,15 @@ class AnyDoorPipeline(DiffusionPipeline):
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @contextlib.contextmanager
+    def official_dino_positions(self, height: int, width: int):
+        """DINOv2 with the official position-embedding interpolation, for the duration of the block."""
+        hook = self.image_encoder.embeddings.register_forward_hook(OfficialDinoPositions(height, width))
+        try:
+            yield
+        finally:
+            hook.remove()
+
     @torch.no_grad()
     def encode_reference(self, reference: torch.Tensor) -> torch.Tensor:
         """DINOv2 CLS + patch tokens (layer-normed, as `x_norm_clstoken` / `x_norm_patchtokens`), projected."""
@@ -129,7 +178,8 @@ class AnyDoorPipeline(DiffusionPipeline):
         mean = torch.tensor(IMAGE_MEAN, device=reference.device, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(IMAGE_STD, device=reference.device, dtype=torch.float32).view(1, 3, 1, 1)
         pixels = ((reference.float() - mean) / std).to(encoder.device, encoder.dtype)
-        tokens = encoder(pixel_values=pixels).last_hidden_state
+        with self.official_dino_positions(*pixels.shape[-2:]):
+            tokens = encoder(pixel_values=pixels).last_hidden_state
         return self.image_projector(tokens.to(self.image_projector.dtype))
 
     @torch.no_grad()
@@ -207,8 +257,9 @@ def make_scheduler() -> DDIMScheduler:
     return DDIMScheduler(**SD21_SCHEDULER)
 
 
-def tiny_dinov2(hidden: int = 24, image_size: int = 28) -> Dinov2Model:
-    """A tiny random `Dinov2Model` (patch 14 like ViT-g/14; SwiGLU like the giant)."""
+def tiny_dinov2(hidden: int = 24, image_size: int = 42) -> Dinov2Model:
+    """A tiny random `Dinov2Model` (patch 14 like ViT-g/14; SwiGLU like the giant). Its 3x3 position grid is
+    resized to the tiny pipeline's 28 px input (2x2), as the giant's 37x37 grid is resized to 224 px (16x16)."""
     config = Dinov2Config(
         hidden_size=hidden,
         num_hidden_layers=2,

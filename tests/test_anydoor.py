@@ -499,6 +499,76 @@ def test_converter_refuses_other_checkpoints(official_checkpoint, tmp_path: Path
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
+def test_dinov2_tokens_use_the_official_position_interpolation() -> None:
+    """ViT-g/14 runs at 224 px with a 37x37 position grid; AnyDoor's DINOv2 code resizes it with
+    scale_factor (16 + 0.1) / 37, which transformers does not: the pipeline's tokens must use the official resize."""
+    from editors.anydoor_pipeline import (
+        AnyDoorImageProjector,
+        AnyDoorPipeline,
+        dinov2_position_embeddings,
+        make_scheduler,
+        tiny_dinov2,
+        tiny_unet_config,
+        tiny_vae,
+        zero_conv_in,
+    )
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    # The resize itself, against a cubic convolution (a = -0.75, PyTorch's bicubic) written out: each output
+    # samples the grid at the official source position (dst + 0.5) * side / (rows + 0.1) - 0.5, not at
+    # transformers' (dst + 0.5) * side / rows - 0.5.
+    def cubic(x: float, a: float = -0.75) -> float:
+        x = abs(x)
+        return (a + 2) * x**3 - (a + 3) * x**2 + 1 if x <= 1 else a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+
+    def sample(values: list[float], src: float) -> float:
+        base = int(np.floor(src))
+        t = src - base
+        taps = [values[min(max(base + k, 0), len(values) - 1)] for k in (-1, 0, 1, 2)]
+        return sum(v * cubic(t - k) for v, k in zip(taps, (-1, 0, 1, 2), strict=True))
+
+    side, rows = 37, 16
+    column = [float(np.sin(i / 3.0)) for i in range(side)]
+    grid = torch.cat([torch.zeros(1), torch.tensor(column).repeat(side)]).reshape(1, 1 + side * side, 1)
+    resized = dinov2_position_embeddings(grid, 224, 224, 14)[0, 1:, 0].reshape(rows, rows)
+    for dst in range(rows):
+        official = sample(column, (dst + 0.5) * side / (rows + 0.1) - 0.5)
+        assert resized[5, dst].item() == pytest.approx(official, abs=1e-4)
+    transformers_like = [sample(column, (dst + 0.5) * side / rows - 0.5) for dst in range(rows)]
+    assert max(abs(resized[5, d].item() - transformers_like[d]) for d in range(rows)) > 0.05
+
+    # The pipeline's tokens: DINOv2 run by hand with the official position embeddings, then projected.
+    torch.manual_seed(0)
+    encoder = tiny_dinov2(image_size=42).eval()  # a 3x3 grid, run at 28 px (2x2)
+    unet_config = tiny_unet_config()
+    pipe = AnyDoorPipeline(
+        vae=tiny_vae(),
+        unet=UNet2DConditionModel(**unet_config, out_channels=4, up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+        controlnet=zero_conv_in(ControlNetModel(**unet_config, conditioning_channels=4)),
+        image_encoder=encoder,
+        image_projector=AnyDoorImageProjector(24, 32),
+        scheduler=make_scheduler(),
+        crop_size=64,
+        encoder_size=28,
+    )
+    reference = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    tokens = pipe.encode_reference(reference)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pixels = (reference - mean) / std
+    with torch.no_grad():
+        embeddings = encoder.embeddings
+        patches = embeddings.patch_embeddings(pixels)
+        x = torch.cat([embeddings.cls_token.expand(2, -1, -1), patches], dim=1)
+        x = x + dinov2_position_embeddings(embeddings.position_embeddings, 28, 28, 14)
+        expected = pipe.image_projector(encoder.layernorm(encoder.encoder(x).last_hidden_state))
+        transformers_tokens = pipe.image_projector(encoder(pixel_values=pixels).last_hidden_state)
+    assert tokens.shape == (2, 5, 32)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+    assert (tokens - transformers_tokens).abs().max() > 1e-3  # the resize matters
+    assert not encoder.embeddings._forward_hooks  # the hook is removed after each use
+
+
 # ---- preprocessing on a real frame and reference ----------------------------------------------------------------
 
 
