@@ -13,9 +13,7 @@ What differs from diffusers' `StableDiffusionXLControlNetImg2ImgPipeline`, and i
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from anyv2v.errors import ModelLoadError
 
 from .base import missing_model_message, resolve_torch_device
 from .instantid_convert import IDENTITYNET_DIR, IP_ADAPTER_FILE, check_instantid_folder
+from .instruct_pix2pix import _quiet_component_bars
 
 
 class IdentityNetFaceTokens:
@@ -145,17 +144,3 @@ def _load_base(base: str, torch_dtype: torch.dtype, kwargs: dict[str, Any]) -> I
             missing_model_message(base, "an SDXL base model", exc)
             + ". Check the id or folder (diffusers SDXL layout in safetensors) and, for a hub id, the network."
         ) from None
-
-
-@contextlib.contextmanager
-def _quiet_component_bars() -> Iterator[None]:
-    """No 'Loading pipeline components' bar: the editor reports loading through its progress callback."""
-    from diffusers.utils import logging as diffusers_logging
-
-    was_active = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_active:
-            diffusers_logging.enable_progress_bar()
