@@ -8,7 +8,7 @@ the helpers in `datasets/data_utils.py`, the training collage in `datasets/base.
   edges, colour-weighted, on an eroded mask) is what the collage shows of the subject.
 - Target: the region's box is grown 1.1x; the crop around it is grown 2x (the official script draws 1.5-2.9 at
   random; a fixed value keeps a seed reproducible) and squared. The collage is the crop with the region's box
-  replaced by the Sobel map; the mask channel is 1 on the region (its painted shape; the whole box for a box),
+  replaced by the Sobel map; the mask channel is 1 on the region (its painted shape; for a box, the grown box),
   0 elsewhere in the crop and -1 on the square padding, as in training. Everything is resized to the crop size
   (512).
 - Output: the generated crop is resized back, unpadded, and only the region's box is pasted into the frame, so
@@ -243,7 +243,13 @@ def prepare_pair(
     crop = target[cy0:cy1, cx0:cx1]
     collage = crop.copy()
     collage[ry0:ry1, rx0:rx1] = cv2.resize(edges, (rx1 - rx0, ry1 - ry0))
-    mask_channel = region[cy0:cy1, cx0:cx1].astype(np.float32)
+    shape = region
+    y0, y1, x0, x1 = mask_box(region)
+    if region[y0:y1, x0:x1].all():
+        # A box (given or painted): both official scripts mark the same box the collage fills, the grown one
+        # (run_inference.py's collage_mask; run_gradio_demo.py's mask of a box grown 1.0x), never a smaller one.
+        shape = box_mask(region_box, (width, height))
+    mask_channel = shape[cy0:cy1, cx0:cx1].astype(np.float32)
 
     collage, _ = pad_to_square(collage, 0)
     mask_channel, _ = pad_to_square(mask_channel, -1.0)

@@ -600,7 +600,9 @@ def test_collage_sobel_and_mask_channel(kitten_frame: Image.Image) -> None:
     assert pair.crop_box == (0, 512, 0, 512)  # the grown crop is clipped to the frame: a square, no padding
     mask_channel = pair.hint[..., 3]
     assert set(np.unique(mask_channel)) == {0.0, 1.0}
-    assert np.array_equal(mask_channel > 0, region)  # crop = frame at 512: the channel is the region itself
+    # crop = frame at 512: for a box the channel marks the grown box the collage fills (as both official scripts do)
+    assert np.array_equal(mask_channel > 0, box_mask(pair.region_box, kitten_frame.size))
+    assert (mask_channel > 0).sum() > region.sum()
     # Outside the region's box the collage is the frame; inside, the subject's high-frequency map.
     expected = np.asarray(kitten_frame).astype(np.float32) / 127.5 - 1
     outside = np.ones((512, 512), bool)
@@ -615,6 +617,14 @@ def test_collage_sobel_and_mask_channel(kitten_frame: Image.Image) -> None:
     assert sobel.shape == (224, 224, 3) and sobel.dtype == np.uint8
     assert np.all(sobel[:12] == 0) and np.all(sobel[:, :12] == 0)  # no edges on the white padding (eroded mask)
     assert 0.02 < (sobel.max(-1) > 0).mean() < 0.6  # some of the dog's edges, not everything
+
+    # A painted region: the mask channel follows its shape (the official demo's shape control), the collage its box.
+    ellipse = Image.new("L", kitten_frame.size, 0)
+    ImageDraw.Draw(ellipse).ellipse((x0, y0, x1 - 1, y1 - 1), fill=255)
+    painted = np.asarray(ellipse) > 127
+    shaped = prepare_pair(kitten_frame, painted, dog, dog_mask(), crop_size=512, encoder_size=224)
+    assert shaped.region_box == pair.region_box and np.array_equal(shaped.hint[..., :3], pair.hint[..., :3])
+    assert np.array_equal(shaped.hint[..., 3] > 0, painted)
 
 
 def test_sobel_map_keeps_strong_edges_weighted_by_colour() -> None:
