@@ -1,0 +1,799 @@
+"""AnyV2V in the browser: upload a clip, edit its first frame, carry the edit through the video.
+
+The page and the public API over `anyv2v.service` (the job layer: settings, checks, prepared clips, GPU jobs,
+retention), `anyv2v` (the engine) and `editors` (first-frame editors). This file only lays out the page and
+wires events and endpoints.
+
+    python app.py                      # http://127.0.0.1:7860
+    python app.py --host 0.0.0.0 --port 7860 --share
+
+Models and limits come from ANYV2V_* environment variables (see README.md). API: /edit_first_frame, /edit_video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import inspect
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+import editors
+from anyv2v import service
+from anyv2v.config import PRESETS, RESIZE_MODES, EditConfig, preset_config
+from anyv2v.errors import AnyV2VError
+from anyv2v.service import (
+    CHANGE_PRESET_LABELS, CHANGE_PRESETS, AppSettings, EditService, build_config, check_image_file,
+    derive_inversion_steps, edit_status, run_cancellable, scheduler_config, valid_inversion_steps,
+)
+from editors.base import MAX_CANDIDATES, Editor, EditorInput, as_image
+
+logger = logging.getLogger("anyv2v.app")
+
+APP_DIR = Path(__file__).resolve().parent
+ASSETS_DIR = APP_DIR / "assets"
+DEMO_DIR = ASSETS_DIR / "demo"
+GPU_CONCURRENCY_ID = "gpu"  # one model job at a time, page and API alike
+RESIZE_CHOICES = [("Crop to the size (fill, center crop)", "crop"), ("Keep the aspect ratio (longest side = size)", "keep_aspect")]
+# Plain names with the technical one in small print (the slider's info line).
+TAU_SLIDERS = {
+    "tau_conv": ("Keep the source's layout", "tau_conv: share of steps that inject the source's convolution features"),
+    "tau_sa": ("Keep the source's shapes and details", "tau_sa: share of steps that inject the source's spatial attention"),
+    "tau_ta": ("Keep the source's motion", "tau_ta: share of steps that inject the source's temporal attention"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors: one readable line in the page and the API, never a traceback or a bare "Error" badge
+# ---------------------------------------------------------------------------------------------------------
+
+
+def user_error(exc: BaseException, action: str, paths: Sequence[str | None] = ()) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    message, expected = service.user_message(exc, action, paths)
+    # Escaped because the page renders error text as HTML (file names are user-controlled).
+    return gr.Error(html.escape(message, quote=False), duration=None, print_exception=False,
+                    title="Error" if expected else "Unexpected error")
+
+
+@contextmanager
+def reported(action: str, paths: Sequence[str | None] = ()) -> Iterator[None]:
+    try:
+        yield
+    except (gr.Error, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every error must reach the user as one actionable line
+        raise user_error(exc, action, paths) from None
+
+from gradio.events import Dependency
+
+class CheckedImage(gr.Image):
+    """gr.Image whose upload is checked before Gradio decodes it: corrupt files, random bytes, videos and
+    decompression bombs get one readable message instead of a generic error."""
+
+    is_template = True  # the browser uses gr.Image's own front end
+
+    def preprocess(self, payload: Any) -> Any:
+        if payload is not None and getattr(payload, "path", None):
+            name = getattr(payload, "orig_name", None) or os.path.basename(payload.path)
+            with reported("reading the image", [payload.path]):
+                try:
+                    check_image_file(payload.path, self.label or "image")
+                except AnyV2VError as exc:
+                    raise AnyV2VError(str(exc).replace(os.path.basename(payload.path), name)) from None
+        return super().preprocess(payload)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _progress_fn(progress: gr.Progress) -> Callable[[float, str], None]:
+    return lambda fraction, text: progress(fraction, desc=text)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Editor inputs -> widgets, and the API's union of all editors' inputs
+# ---------------------------------------------------------------------------------------------------------
+
+FIRST_FRAME_API_PARAMS = ("video", "editor", "candidates", "width", "height", "resize_mode", "fps", "start_time")
+
+
+def editor_widget(
+    spec: EditorInput, elem_id: str | None = None, default: Any = ..., api: bool = False, **extra: Any
+) -> gr.Component:
+    """The widget for one editor input: sliders for short ranges, number boxes for long ones (and for the API,
+    where a number box keeps integer types). Images keep their transparency (RGBA)."""
+    value = spec.default if default is ... else default
+    info = spec.help or None
+    label = extra.pop("label", spec.label)
+    if spec.kind == "text":
+        return gr.Textbox(label=label, value=value or "", info=info, elem_id=elem_id, lines=1, **extra)
+    if spec.kind == "image" or (spec.kind == "mask" and api):  # a mask file: white (or opaque) pixels mark it
+        return CheckedImage(label=label, type="filepath", format="png", image_mode="RGBA",
+                            sources=["upload", "clipboard"], height=240, elem_id=elem_id, **extra)
+    if spec.kind == "mask":  # painted over the prepared first frame (set as background when a clip is prepared)
+        return gr.ImageEditor(
+            label=label, type="pil", image_mode="RGBA", sources=["upload", "clipboard"], height=320,
+            brush=gr.Brush(colors=["#ff3366"], color_mode="fixed"), eraser=gr.Eraser(), elem_id=elem_id, **extra,
+        )
+    if spec.kind == "seed":
+        return gr.Number(label=label, value=value, precision=0, minimum=0, info=info, elem_id=elem_id, **extra)
+    integer = spec.kind == "int"
+    low, high, step = spec.minimum, spec.maximum, spec.step
+    if not api and low is not None and high is not None and value is not None and (high - low) / (step or 1) <= 2000:
+        return gr.Slider(minimum=low, maximum=high, value=value, step=step or (1 if integer else (high - low) / 100),
+                         label=label, info=info, elem_id=elem_id, **extra)
+    return gr.Number(label=label, value=value, minimum=low, maximum=high, precision=0 if integer else None,
+                     info=info, elem_id=elem_id, **extra)
+
+
+@dataclass
+class ApiEditorParam:
+    """One /edit_first_frame parameter standing for the same-named input of one or more editors."""
+
+    name: str
+    spec: EditorInput
+    default: Any
+    targets: dict[str, str]  # editor name -> that editor's input name
+
+
+def api_editor_params(available: Mapping[str, Editor]) -> list[ApiEditorParam]:
+    """The union of every editor's inputs by name; a clash of kinds or with the endpoint's own parameters gets
+    the name `<editor>_<input>`, and a shared default is None when the editors disagree."""
+    params: dict[str, ApiEditorParam] = {}
+    for editor in available.values():
+        for spec in editor.inputs:
+            name = spec.name
+            existing = params.get(name)
+            if name in FIRST_FRAME_API_PARAMS or (existing is not None and existing.spec.kind != spec.kind):
+                name = f"{editor.name}_{spec.name}"
+                existing = params.get(name)
+            if existing is None:
+                params[name] = ApiEditorParam(name, spec, spec.default, {editor.name: spec.name})
+            else:
+                existing.targets[editor.name] = spec.name
+                if existing.default != spec.default:
+                    existing.default = None
+    return list(params.values())
+
+
+def editor_values(editor: Editor, params: Sequence[ApiEditorParam], given: Mapping[str, Any]) -> dict[str, Any]:
+    return {p.targets[editor.name]: given.get(p.name) for p in params if editor.name in p.targets}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------------------
+
+INTRO = """
+# AnyV2V: edit a whole video by editing its first frame
+**1.** Upload a short video (or pick an example). **2.** Change its first frame with an editor, or upload your own
+edited picture. **3.** Describe the edited video and press **Edit the video**: the change is carried through every
+frame, keeping the original motion.
+"""
+
+CSS = """
+.step-help { opacity: 0.85; }
+.gradio-container { max-width: 100% !important; overflow-x: hidden; }
+#examples .thumbnail-item { min-width: 72px; }
+@media (max-width: 640px) { .gradio-container { padding: 0 6px !important; } .row { flex-wrap: wrap !important; } }
+"""
+SCROLL_TO_STEP_1 = "() => document.getElementById('step-1')?.scrollIntoView({behavior: 'smooth'})"
+
+
+def build_app(settings: AppSettings | None = None, model_problem: str | None = ...) -> gr.Blocks:  # type: ignore[assignment]
+    """The Gradio Blocks app (queue configured); launch it with `launch_kwargs(settings)`."""
+    settings = (settings or AppSettings.from_env()).check()
+    jobs = EditService(settings)
+    base = settings.base_config()
+    if model_problem is ...:
+        model_problem = service.check_model_source(settings.model)
+    available = editors.available_editors()
+    examples = service.list_examples(DEMO_DIR)
+    sched = scheduler_config(settings.model)
+    quality_choices = [(f"{n} ({preset_config(n).inversion_steps} inversion steps)", n) for n in PRESETS]
+    quality_choices.append(("custom", "custom"))
+
+    with gr.Blocks(title="AnyV2V video editing", delete_cache=(3600, 24 * 3600)) as demo:
+        gr.Markdown(INTRO)
+        if model_problem:
+            gr.Markdown(f"**The video model is not available:** {html.escape(model_problem)}", elem_id="model-problem")
+        clip_state = gr.State(None)  # {"video", "first_frame", "resize_mode"} of the prepared clip
+        candidates_state = gr.State({"editor": None, "paths": []})
+        selected_state = gr.State(0)
+        if examples:
+            example_gallery = gr.Gallery(
+                [(e.edited_frame, e.label) for e in examples], label="Examples: click one to load it (video, edited "
+                "frame, prompt and settings)", columns=5, rows=2, height="auto", allow_preview=False,
+                object_fit="cover", elem_id="examples",
+            )
+
+        # ---- 1. Video ---------------------------------------------------------------------------------
+        gr.Markdown("## 1. Video", elem_id="step-1")
+        with gr.Row():
+            with gr.Column(min_width=300):
+                source_video = gr.File(label="Source video (mp4, mov, webm, avi, mkv or GIF)", type="filepath",
+                                       file_types=["video", ".gif"], elem_id="source-video", height=120)
+                with gr.Row():
+                    start_time = gr.Number(label="Start time (s)", value=0, minimum=0, elem_id="start-time", min_width=140)
+                    end_time = gr.Number(label="End time (s, optional)", value=None, minimum=0, elem_id="end-time",
+                                         info="Empty: use the frame count.", min_width=140)
+                with gr.Row():
+                    frames = gr.Slider(2, settings.max_frames, value=min(base.frames, settings.max_frames), step=1,
+                                       label="Frames", info="16 is what the model was trained on.", elem_id="frames",
+                                       min_width=160)
+                    fps = gr.Slider(1, 30, value=base.fps, step=1, label="Frames per second", elem_id="fps",
+                                    min_width=160)
+                with gr.Row():
+                    width = gr.Slider(64, settings.max_size, value=min(base.width, settings.max_size), step=64,
+                                      label="Width", elem_id="width", min_width=160)
+                    height = gr.Slider(64, settings.max_size, value=min(base.height, settings.max_size), step=64,
+                                       label="Height", elem_id="height", info="512×512 is the model's size.",
+                                       min_width=160)
+                resize_mode = gr.Radio(RESIZE_CHOICES, value=base.resize_mode, label="Fit to the size",
+                                       elem_id="resize-mode")
+                keep_audio = gr.Checkbox(label="Keep the source audio", value=False, elem_id="keep-audio")
+            with gr.Column(min_width=300):
+                clip_info = gr.Markdown("Upload a video to see the prepared clip here.", elem_id="clip-info")
+                prepared_video = gr.Video(label="Prepared clip (what will be edited)", interactive=False, format=None,
+                                          loop=True, elem_id="prepared-video", height=240)
+                first_frame = gr.Image(label="Its first frame", interactive=False, format="png", type="filepath",
+                                       elem_id="first-frame", height=240)
+                first_frame_download = gr.DownloadButton("Download the first frame (PNG)", value=None,
+                                                         interactive=False, elem_id="first-frame-download")
+
+        # ---- 2. First frame ---------------------------------------------------------------------------
+        gr.Markdown("## 2. First frame")
+        gr.Markdown(
+            "Pick an editor tab (on a phone the tabs wrap onto several rows). Editors often need a few tries: make "
+            "several candidates, click the best one and press **Use this frame**. Or edit the downloaded first frame "
+            "in any program and upload it in the manual tab (transparent areas keep the source).",
+            elem_classes=["step-help"],
+        )
+        mask_widgets: list[gr.ImageEditor] = []
+        with gr.Row():
+            with gr.Column(scale=3, min_width=300):
+                editor_tabs: list[tuple[Editor, dict[str, gr.Component], gr.Component | None, gr.Button]] = []
+                with gr.Tabs(elem_id="editor-tabs", overflow_behavior="wrap"):
+                    for editor in available.values():
+                        with gr.Tab(editor.title, id=editor.name, elem_id=f"editor-tab-{editor.name}"):
+                            gr.Markdown(editor.description)
+                            reason = editor.unavailable_reason()
+                            if reason:
+                                gr.Markdown(f"**Not available on this server:** {html.escape(reason)}",
+                                            elem_id=f"{editor.name}-unavailable")
+                            widgets = {spec.name: editor_widget(spec, f"{editor.name}-{spec.name}") for spec in editor.inputs}
+                            mask_widgets += [w for s, w in zip(editor.inputs, widgets.values()) if s.kind == "mask"]
+                            count = None
+                            if editor.supports_candidates:
+                                count = gr.Slider(1, MAX_CANDIDATES, value=1, step=1, label="Candidates",
+                                                  info="Each candidate uses the next seed.",
+                                                  elem_id=f"{editor.name}-candidates")
+                            label = "Make candidates" if editor.supports_candidates else "Use the uploaded frame"
+                            button = gr.Button(label, variant="primary", elem_id=f"{editor.name}-run")
+                            editor_tabs.append((editor, widgets, count, button))
+                gallery = gr.Gallery(label="Candidates: click one to pick it", columns=4, height=240,
+                                     allow_preview=False, elem_id="candidates", format="png")
+                frame_status = gr.Markdown("", elem_id="frame-status")
+                use_btn = gr.Button("Use this frame", elem_id="use-frame-btn")
+            with gr.Column(scale=2, min_width=300):
+                edited_frame = CheckedImage(
+                    label="Edited first frame (used for the video edit)", type="filepath", format="png",
+                    image_mode="RGBA", sources=["upload", "clipboard"], elem_id="edited-frame", height=300,
+                )
+
+        # ---- 3. Video edit ----------------------------------------------------------------------------
+        gr.Markdown("## 3. Video edit")
+        with gr.Row():
+            with gr.Column(min_width=300):
+                prompt = gr.Textbox(
+                    label="Describe the edited video", lines=2, elem_id="prompt",
+                    info="A caption of the result, not the change (e.g. 'a robot doing exercises').",
+                    placeholder="a man with a party hat doing exercises",
+                )
+                change_preset = gr.Radio([(CHANGE_PRESET_LABELS[k], k) for k in (*CHANGE_PRESETS, "custom")],
+                                         value=service.change_preset_of(base.tau_conv, base.tau_sa, base.tau_ta,
+                                                                        base.start_index),
+                                         label="How much may change?", elem_id="change-preset")
+                taus = {
+                    name: gr.Slider(0, 1, value=getattr(base, name), step=0.05, label=label, info=info,
+                                    elem_id=name.replace("_", "-"), min_width=160)
+                    for name, (label, info) in TAU_SLIDERS.items()
+                }
+                start_index = gr.Slider(0, base.steps - 1, value=base.start_index, step=1,
+                                        label="Skip the first steps (keeps more of the source)",
+                                        info="T' (start index): sampling starts this many steps in.",
+                                        elem_id="start-index", min_width=160)
+                with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+                    quality = gr.Dropdown(quality_choices, value=settings.preset, label="Quality preset",
+                                          info="Sets the steps and the inversion steps.", elem_id="preset")
+                    steps = gr.Slider(1, 200, value=base.steps, step=1, label="Sampling steps", elem_id="steps")
+                    inversion_steps = gr.Dropdown(
+                        valid_inversion_steps(sched, base.steps), value=base.inversion_steps, label="Inversion steps",
+                        info="Only values that serve the sampling steps are offered; more is more faithful but slower.",
+                        elem_id="inversion-steps",
+                    )
+                    guidance = gr.Slider(0, 20, value=base.guidance, step=0.5, label="Guidance",
+                                         info="How strongly to follow the prompt and the edited frame.",
+                                         elem_id="guidance")
+                    seed = gr.Number(label="Seed", value=base.seed, precision=0, minimum=0, maximum=service.MAX_SEED,
+                                     elem_id="seed")
+                    negative_prompt = gr.Textbox(label="Negative prompt", value=base.negative_prompt, lines=2,
+                                                 elem_id="negative-prompt")
+                estimate_md = gr.Markdown("", elem_id="estimate")
+                with gr.Row():
+                    run_btn = gr.Button("Edit the video", variant="primary", elem_id="run-btn", min_width=120)
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", min_width=120)
+            with gr.Column(min_width=300):
+                with gr.Row():
+                    before_video = gr.Video(label="Before", interactive=False, format=None, loop=True, autoplay=True,
+                                            elem_id="before-video", height=280, min_width=150)
+                    output_video = gr.Video(label="After (edited)", interactive=False, format=None, loop=True,
+                                            autoplay=True, elem_id="output-video", height=280, min_width=150)
+                edit_status_md = gr.Markdown("", elem_id="edit-status")
+                downloads = gr.File(label="Downloads: the video and its settings (JSON)", file_count="multiple",
+                                    interactive=False, elem_id="downloads")
+                with gr.Accordion("Settings and measurements (JSON)", open=False):
+                    settings_json = gr.JSON(label="Settings", elem_id="settings-json")
+
+        device = settings.device_name
+        gr.Markdown(
+            f"Video model: `{os.path.basename(settings.model.rstrip('/'))}` on {device}. "
+            + ("" if device.startswith("cuda") else "Without a GPU a full-size edit takes a very long time. ")
+            + f"Results are deleted after {settings.keep_hours:g} h. API: see *Use via API* below.",
+            elem_classes=["step-help"],
+        )
+
+        # ---- Events: step 1 ------------------------------------------------------------------------------
+        clip_inputs = dict(frames=frames, fps=fps, start_time=start_time, end_time=end_time, width=width,
+                           height=height, resize_mode=resize_mode)
+        result_outputs = [before_video, output_video, downloads, edit_status_md, settings_json]
+        prepare_outputs = [prepared_video, first_frame, first_frame_download, clip_info, clip_state, *mask_widgets]
+
+        def no_clip(text: str) -> tuple:
+            return (None, None, gr.DownloadButton(value=None, interactive=False), text, None,
+                    *[None for _ in mask_widgets])
+
+        async def on_prepare(video: str | None, progress: gr.Progress = gr.Progress(), **clip: Any):
+            if not video:
+                return no_clip("Upload a video to see the prepared clip here.")
+            try:
+                config = build_config(settings, **clip)
+                progress(0.1, desc="Reading and resizing the frames")
+                entry = await asyncio.to_thread(jobs.prepare, video, config, True)
+            except Exception as exc:  # noqa: BLE001 - the message replaces "Preparing the clip..." and pops up
+                message = user_error(exc, "preparing the video", [video]).message
+                gr.Warning(message, duration=None)
+                return no_clip(f"**Could not prepare the clip:** {message}")
+            state = {"video": video, "first_frame": entry.first_frame_path, "resize_mode": config.resize_mode}
+            background = {"background": entry.first_frame_path, "layers": [], "composite": None}
+            return (entry.preview_path, entry.first_frame_path,
+                    gr.DownloadButton(value=entry.first_frame_path, interactive=True), entry.summary, state,
+                    *[background for _ in mask_widgets])
+
+        def on_new_video():
+            """Everything from the previous video goes: clip, edited frame, candidates and result."""
+            return (*no_clip("Preparing the clip…"), None, None, {"editor": None, "paths": []}, "",
+                    None, None, None, "", None, "")
+
+        reset_outputs = [*prepare_outputs, edited_frame, gallery, candidates_state, frame_status, *result_outputs,
+                         estimate_md]
+        prepare_options = dict(inputs_kwargs=clip_inputs, concurrency_limit=2, concurrency_id="prepare",
+                               show_progress="minimal", show_progress_on=[clip_info], api_visibility="private")
+        estimate_inputs = dict(video=source_video, steps=steps, inversion_steps=inversion_steps,
+                               start_index=start_index, guidance=guidance, **clip_inputs)
+
+        async def on_estimate(**kw: Any) -> str:
+            video = kw.pop("video")
+            try:
+                config = build_config(settings, **kw)
+                return await asyncio.to_thread(jobs.estimate, video, config)
+            except Exception:  # noqa: BLE001 - invalid values are reported when the edit starts
+                return ""
+
+        estimate_options = dict(inputs_kwargs=estimate_inputs, concurrency_limit=1, concurrency_id="estimate",
+                                show_progress="hidden", api_visibility="private", trigger_mode="always_last")
+        for event in (source_video.upload, source_video.clear):
+            event(on_new_video, None, reset_outputs, queue=False, api_visibility="private").then(
+                on_prepare, [source_video], prepare_outputs, **prepare_options).then(
+                on_estimate, None, estimate_md, **estimate_options)
+        for control in (frames, fps, width, height, resize_mode):
+            control.change(on_prepare, [source_video], prepare_outputs, trigger_mode="always_last",
+                           **prepare_options).then(on_estimate, None, estimate_md, **estimate_options)
+        for control in (start_time, end_time):
+            for event in (control.submit, control.blur):
+                event(on_prepare, [source_video], prepare_outputs, trigger_mode="always_last", **prepare_options)
+        for control in (steps, inversion_steps, start_index, guidance):
+            control.change(on_estimate, None, estimate_md, **estimate_options)
+
+        # ---- Events: step 2 ------------------------------------------------------------------------------
+        tau_outputs = [*taus.values(), start_index, change_preset]
+
+        def suggested(editor: Editor) -> tuple[list[Any], str]:
+            """The editor's suggested video settings as slider updates, and the sentence that says so."""
+            values = dict(editor.video_settings or {})
+            if not values:
+                return [gr.skip()] * len(tau_outputs), ""
+            updates = [values.get(name, gr.skip()) for name in (*taus, "start_index")]
+            preset = service.change_preset_of(*[values.get(n, 0) for n in (*taus, "start_index")])
+            listed = ", ".join(f"{k} {v:g}" for k, v in values.items())
+            return updates + [preset], f" Suggested settings for {editor.title} edits applied in step 3 ({listed})."
+
+        def make_editor_fn(editor: Editor) -> Callable[..., Any]:
+            async def on_edit_frame(state: dict | None, candidates: Any, progress: gr.Progress = gr.Progress(),
+                                    **values: Any):
+                if not state:
+                    raise gr.Error("Upload a video in step 1 first: the editors work on its first frame.")
+                with reported(f"editing the first frame with {editor.title}",
+                              [v for v in values.values() if isinstance(v, str)]):
+                    values["resize_mode"] = state.get("resize_mode", "crop")
+                    frame = as_image(state["first_frame"], "first frame").convert("RGB")
+                    paths = await run_cancellable(lambda stop: jobs.edit_frame(
+                        editor.name, frame, values, int(candidates or 1), _progress_fn(progress), stop))
+                seed_value = values.get("seed")
+                captions = [f"Candidate {i + 1}" + (f" (seed {int(seed_value) + i})" if seed_value is not None else "")
+                            for i in range(len(paths))]
+                shown = gr.Gallery(value=list(zip(paths, captions)), selected_index=0)
+                state_value = {"editor": editor.name, "paths": paths}
+                if len(paths) == 1:  # nothing to choose: use it right away
+                    updates, note = suggested(editor)
+                    return (shown, state_value, 0, paths[0], "Using this frame for the video edit (step 3)." + note,
+                            *updates)
+                return (shown, state_value, 0, gr.skip(),
+                        f"{len(paths)} candidates: click the best one, then press **Use this frame**.",
+                        *[gr.skip()] * len(tau_outputs))
+
+            return on_edit_frame
+
+        editor_events = []
+        for editor, widgets, count, button in editor_tabs:
+            editor_events.append(button.click(
+                make_editor_fn(editor), [clip_state, count if count is not None else gr.State(1)],
+                [gallery, candidates_state, selected_state, edited_frame, frame_status, *tau_outputs],
+                inputs_kwargs=widgets, concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
+                show_progress_on=[gallery], api_visibility="private",
+            ))
+
+        def on_select(evt: gr.SelectData) -> int:
+            return int(evt.index)
+
+        gallery.select(on_select, None, selected_state, queue=False, api_visibility="private")
+
+        def on_use(candidates: dict, index: int):
+            paths = (candidates or {}).get("paths") or []
+            if not paths:
+                text = "There are no candidates yet: make some with an editor first (or upload a frame in the manual tab)."
+                gr.Warning(text)
+                return (gr.skip(), text, *[gr.skip()] * len(tau_outputs))
+            index = min(max(int(index or 0), 0), len(paths) - 1)
+            updates, note = [gr.skip()] * len(tau_outputs), ""
+            if candidates.get("editor") in available:
+                updates, note = suggested(available[candidates["editor"]])
+            return (paths[index], f"Using candidate {index + 1} for the video edit (step 3)." + note, *updates)
+
+        use_btn.click(on_use, [candidates_state, selected_state], [edited_frame, frame_status, *tau_outputs],
+                      api_visibility="private")
+
+        def on_frame_upload(path: str | None) -> str:  # CheckedImage has refused unreadable files already
+            return "Using the uploaded frame for the video edit (step 3)." if path else ""
+
+        edited_frame.upload(on_frame_upload, edited_frame, frame_status, api_visibility="private")
+
+        # ---- Events: step 3 ------------------------------------------------------------------------------
+        def on_change_preset(name: str):
+            if name not in CHANGE_PRESETS:
+                return [gr.skip()] * 4
+            return [CHANGE_PRESETS[name][key] for key in (*taus, "start_index")]
+
+        change_preset.input(on_change_preset, change_preset, [*taus.values(), start_index], queue=False,
+                            api_visibility="private")
+        for control in (*taus.values(), start_index):
+            control.input(service.change_preset_of, [*taus.values(), start_index], change_preset, queue=False,
+                          api_visibility="private")
+
+        def target_inversion(preset: str, current: Any) -> int:
+            return preset_config(preset).inversion_steps if preset in PRESETS else int(current or base.inversion_steps)
+
+        def on_steps(value: Any, preset: str, current: Any, start: Any):
+            count = max(int(value or 1), 1)
+            valid = valid_inversion_steps(sched, count)
+            chosen = int(current) if current in valid else derive_inversion_steps(sched, count, target_inversion(preset, current))
+            top = max(count - 1, 0)
+            return gr.Dropdown(choices=valid, value=chosen), gr.Slider(maximum=max(top, 1), value=min(int(start or 0), top))
+
+        steps.change(on_steps, [steps, quality, inversion_steps, start_index], [inversion_steps, start_index],
+                     queue=False, api_visibility="private")
+
+        def on_quality(name: str, current_steps: Any):
+            if name not in PRESETS:
+                return gr.skip(), gr.skip()
+            values = service.preset_values(name)
+            valid = valid_inversion_steps(sched, values["steps"])
+            return values["steps"], gr.Dropdown(choices=valid, value=derive_inversion_steps(
+                sched, values["steps"], values["inversion_steps"]))
+
+        quality.input(on_quality, [quality, steps], [steps, inversion_steps], queue=False, api_visibility="private")
+
+        def quality_label(steps_value: Any, inversion_value: Any) -> str:
+            for name in PRESETS:
+                if service.preset_values(name) == {"steps": int(steps_value or 0), "inversion_steps": int(inversion_value or 0)}:
+                    return name
+            return "custom"
+
+        for control in (steps, inversion_steps):
+            control.input(quality_label, [steps, inversion_steps], quality, queue=False, api_visibility="private")
+
+        async def on_edit_video(progress: gr.Progress = gr.Progress(), **kw: Any):
+            video, frame, text = kw.pop("video"), kw.pop("edited_frame"), kw.pop("prompt")
+            if not video:
+                raise gr.Error("Upload a video in step 1 first.")
+            if not frame:
+                raise gr.Error("Choose an edited first frame in step 2 first (or click an example).")
+            with reported("editing the video", [video, frame]):
+                config = build_config(settings, **kw)
+                entry = await asyncio.to_thread(jobs.prepare, video, config, True)
+                result = await run_cancellable(
+                    lambda stop: jobs.edit_video(video, frame, text, config, _progress_fn(progress), stop))
+                record = json.loads(Path(result.json_path).read_text())
+            return (entry.preview_path, str(result.video_path), [str(result.video_path), str(result.json_path)],
+                    edit_status(result), record)
+
+        run_inputs = dict(
+            video=source_video, edited_frame=edited_frame, prompt=prompt, start_index=start_index, steps=steps,
+            inversion_steps=inversion_steps, guidance=guidance, negative_prompt=negative_prompt, seed=seed,
+            keep_audio=keep_audio, **taus, **clip_inputs,
+        )
+
+        def lock():  # the old result goes, and a second click cannot start a second edit
+            return gr.Button(interactive=False), None, None, None, "", None
+
+        lock_event = run_btn.click(lock, None, [run_btn, *result_outputs], queue=False, api_visibility="private")
+        run_event = lock_event.then(
+            on_edit_video, None, result_outputs, inputs_kwargs=run_inputs, concurrency_limit=1,
+            concurrency_id=GPU_CONCURRENCY_ID, show_progress="full", show_progress_on=[output_video],
+            api_visibility="private",
+        )
+        run_event.then(lambda: gr.Button(interactive=True), None, run_btn, queue=False, api_visibility="private")
+
+        def on_cancel():
+            return (gr.Button(interactive=True), None, None, None,
+                    "**Cancelled.** Nothing was written; the previous result was cleared.", None)
+
+        cancel_btn.click(on_cancel, None, [run_btn, *result_outputs], cancels=[run_event, *editor_events],
+                         queue=False, api_visibility="private")
+
+        # ---- Examples: load everything, reset the rest, small settings on a CPU ---------------------------
+        if examples:
+            small = service.example_clip_settings(settings)
+
+            def on_example(evt: gr.SelectData) -> dict:
+                example = examples[int(evt.index)]
+                inversion = derive_inversion_steps(sched, small["steps"], base.inversion_steps)
+                values = dict(zip(reset_outputs, on_new_video()))
+                values.update({
+                    source_video: example.video, edited_frame: example.edited_frame, prompt: example.prompt,
+                    taus["tau_conv"]: example.tau_conv, taus["tau_sa"]: example.tau_sa,
+                    taus["tau_ta"]: example.tau_ta, start_index: example.start_index,
+                    change_preset: service.change_preset_of(example.tau_conv, example.tau_sa, example.tau_ta,
+                                                            example.start_index),
+                    frames: small["frames"], fps: small["fps"], width: small["width"], height: small["height"],
+                    resize_mode: "crop", start_time: 0, end_time: None, steps: small["steps"],
+                    inversion_steps: gr.Dropdown(choices=valid_inversion_steps(sched, small["steps"]), value=inversion),
+                    quality: quality_label(small["steps"], inversion),
+                    frame_status: "Using the example's edited frame for the video edit (step 3).",
+                })
+                return values
+
+            example_outputs = list(dict.fromkeys([
+                *reset_outputs, source_video, edited_frame, prompt, *taus.values(), start_index, change_preset,
+                frames, fps, width, height, resize_mode, start_time, end_time, steps, inversion_steps, quality]))
+            example_gallery.select(on_example, None, example_outputs, queue=False, api_visibility="private").then(None, js=SCROLL_TO_STEP_1).then(
+                on_prepare, [source_video], prepare_outputs, **prepare_options).then(
+                on_estimate, None, estimate_md, **estimate_options)
+
+        # ---- Public API (gradio_client): hidden components, so the endpoints have clean signatures ---------
+        with gr.Column(visible=False):
+            _build_api(jobs, settings, base, available, api_editor_params(available))
+
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
+    return demo
+
+
+def _with_signature(fn: Callable[..., Any], parameters: list[inspect.Parameter]) -> Callable[..., Any]:
+    """Give a *args function a real signature: Gradio names API parameters (and marks optional ones) by it."""
+    fn.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return fn
+
+
+def _build_api(
+    jobs: EditService, settings: AppSettings, base: EditConfig, available: Mapping[str, Editor],
+    params: list[ApiEditorParam],
+) -> None:
+    """/edit_first_frame and /edit_video with parameter names, defaults and docs that gradio_client shows."""
+    P = inspect.Parameter
+    editor_names = list(available)
+
+    # -- /edit_first_frame --
+    fixed = {
+        "video": gr.Video(label="video", sources=["upload"], format=None),
+        "editor": gr.Dropdown(editor_names, value=editor_names[0] if editor_names else None, label="editor"),
+        "candidates": gr.Number(label="candidates", value=1, precision=0),
+        "width": gr.Number(label="width", value=base.width, precision=0),
+        "height": gr.Number(label="height", value=base.height, precision=0),
+        "resize_mode": gr.Dropdown(list(RESIZE_MODES), value=base.resize_mode, label="resize_mode"),
+        "fps": gr.Number(label="fps", value=base.fps, precision=0),
+        "start_time": gr.Number(label="start_time", value=0.0),
+    }
+    ff_widgets = [editor_widget(param.spec, default=param.default, api=True, label=param.name) for param in params]
+    names = list(fixed) + [param.name for param in params]
+
+    async def edit_first_frame(*args: Any, progress: gr.Progress = gr.Progress()):
+        given = dict(zip(names, args))
+        video = given["video"]
+        with reported("editing the first frame", [video] + [v for v in given.values() if isinstance(v, str)]):
+            editor = editors.get_editor(given["editor"] or "manual")
+            config = build_config(settings, frames=2, fps=given["fps"], start_time=given["start_time"],
+                                  width=given["width"], height=given["height"], resize_mode=given["resize_mode"])
+            entry = await asyncio.to_thread(jobs.prepare, jobs.check_upload(video), config)
+            values = editor_values(editor, params, given)
+            values["resize_mode"] = config.resize_mode
+            candidates = service.whole_number(given["candidates"], 1, "candidates")
+            paths = await run_cancellable(lambda stop: jobs.edit_frame(
+                editor.name, entry.prepared.first_frame, values, candidates, _progress_fn(progress), stop))
+        return paths
+
+    signature = [P(name, P.POSITIONAL_OR_KEYWORD, default=None) for name in names]
+    signature[0] = P("video", P.POSITIONAL_OR_KEYWORD)
+    signature.append(P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+    uses = "; ".join(f"{e.name}: " + ", ".join(p.name for p in params if e.name in p.targets) for e in available.values())
+    gr.Button("edit_first_frame").click(
+        _with_signature(edit_first_frame, signature), [*fixed.values(), *ff_widgets],
+        gr.File(label="candidates", file_count="multiple"), api_name="edit_first_frame",
+        api_description=(
+            "Edit the first frame of `video` (prepared at width x height like the video edit) with one editor. "
+            f"Each editor reads its own inputs ({uses}). Returns the candidates as PNG files."
+        ),
+        concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
+    )
+
+    # -- /edit_video --
+    inputs = [
+        gr.Video(label="video", sources=["upload"], format=None),
+        CheckedImage(label="edited_frame", type="filepath", format="png", image_mode="RGBA"),
+        gr.Textbox(label="prompt"),
+        gr.Number(label="tau_conv", value=base.tau_conv),
+        gr.Number(label="tau_sa", value=base.tau_sa),
+        gr.Number(label="tau_ta", value=base.tau_ta),
+        gr.Number(label="start_index", value=base.start_index, precision=0),
+        gr.Number(label="steps", value=base.steps, precision=0),
+        gr.Number(label="inversion_steps", value=None, precision=0),
+        gr.Number(label="guidance", value=base.guidance),
+        gr.Textbox(label="negative_prompt", value=base.negative_prompt),
+        gr.Number(label="seed", value=base.seed, precision=0),
+        gr.Number(label="frames", value=base.frames, precision=0),
+        gr.Number(label="fps", value=base.fps, precision=0),
+        gr.Number(label="width", value=base.width, precision=0),
+        gr.Number(label="height", value=base.height, precision=0),
+        gr.Number(label="start_time", value=0.0),
+        gr.Dropdown(list(RESIZE_MODES), value=base.resize_mode, label="resize_mode"),
+        gr.Checkbox(label="keep_audio", value=False),
+        gr.Number(label="end_time", value=None),
+    ]
+
+    async def edit_video(
+        video: str, edited_frame: str, prompt: str, tau_conv: float = base.tau_conv, tau_sa: float = base.tau_sa,
+        tau_ta: float = base.tau_ta, start_index: int = base.start_index, steps: int = base.steps,
+        inversion_steps: int | None = None, guidance: float = base.guidance,
+        negative_prompt: str = base.negative_prompt, seed: int = base.seed, frames: int = base.frames,
+        fps: int = base.fps, width: int = base.width, height: int = base.height, start_time: float = 0.0,
+        resize_mode: str = base.resize_mode, keep_audio: bool = False, end_time: float | None = None,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[str, str]:
+        """Edit `video` so it follows `edited_frame` (transparent areas keep the source). Returns the edited mp4
+        and its settings JSON. Leave inversion_steps out to use the valid count nearest the server's preset."""
+        if not edited_frame:
+            raise gr.Error("edited_frame is required: the edited first frame as an image file.")
+        with reported("editing the video", [video, edited_frame]):
+            steps_value = service.whole_number(steps, base.steps, "steps")
+            if inversion_steps is None and steps_value >= 1:
+                inversion_steps = derive_inversion_steps(scheduler_config(settings.model), steps_value,
+                                                         base.inversion_steps)
+            config = build_config(
+                settings, tau_conv=tau_conv, tau_sa=tau_sa, tau_ta=tau_ta, start_index=start_index, steps=steps,
+                inversion_steps=inversion_steps, guidance=guidance, negative_prompt=negative_prompt, seed=seed,
+                frames=frames, fps=fps, width=width, height=height, start_time=start_time, end_time=end_time,
+                resize_mode=resize_mode, keep_audio=keep_audio,
+            )
+            result = await run_cancellable(lambda stop: jobs.edit_video(
+                jobs.check_upload(video), edited_frame, prompt, config, _progress_fn(progress), stop))
+        gr.Info(edit_status(result).replace("**", ""))  # reaches gradio_client as a status log
+        return str(result.video_path), str(result.json_path)
+
+    gr.Button("edit_video").click(
+        edit_video, inputs, [gr.Video(label="edited_video", format=None), gr.File(label="settings_json")],
+        api_name="edit_video", concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Serving
+# ---------------------------------------------------------------------------------------------------------
+
+
+def launch_kwargs(settings: AppSettings) -> dict[str, Any]:
+    """Keyword arguments of `Blocks.launch` that every way of serving the app needs."""
+    return {
+        "max_file_size": settings.max_upload_bytes,
+        # Outputs and examples live outside Gradio's temp folder; these folders (only) may be served.
+        "allowed_paths": [str(Path(settings.output_dir).expanduser().resolve()), str(ASSETS_DIR)],
+        "theme": gr.themes.Soft(),
+        "css": CSS,
+        "show_error": False,  # errors are turned into readable gr.Error by `reported`; never show raw ones
+        "auth": settings.auth,
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    env = AppSettings.from_env()
+    parser = argparse.ArgumentParser(description="AnyV2V web app (Gradio).")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",
+                        help="interface to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
+                        help="port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--output-dir", default=env.output_dir,
+                        help=f"folder for edited videos and frames (default {env.output_dir}; ANYV2V_OUTPUT_DIR)")
+    parser.add_argument("--max-upload-mb", type=int, default=env.max_upload_mb,
+                        help=f"largest upload in MB (default {env.max_upload_mb}; ANYV2V_MAX_UPLOAD_MB)")
+    parser.add_argument("--queue-size", type=int, default=env.queue_size,
+                        help=f"most jobs waiting in the queue (default {env.queue_size}; ANYV2V_QUEUE_SIZE)")
+    parser.add_argument("--max-frames", type=int, default=env.max_frames,
+                        help=f"most frames per edit (default {env.max_frames}; ANYV2V_MAX_FRAMES)")
+    parser.add_argument("--preload", action="store_true", default=env.preload,
+                        help="load the video model before serving (ANYV2V_PRELOAD=1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    args = parse_args(argv)
+    settings = AppSettings.from_env().replace(
+        output_dir=args.output_dir, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
+        max_frames=args.max_frames, preload=args.preload,
+    ).check()
+    problem = service.check_model_source(settings.model)
+    if problem:
+        logger.warning("%s", problem)
+    elif settings.preload:
+        started = time.perf_counter()
+        try:
+            EditService(settings).preload()
+            logger.info("loaded %s in %.1f s", settings.model, time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - serve anyway; the page and the first edit say what is wrong
+            text = " ".join(str(exc).split())[:300]
+            message = text if isinstance(exc, AnyV2VError) else f"{type(exc).__name__}: {text}"
+            print(f"error: could not preload the model: {message}", file=sys.stderr)
+            problem = f"Preloading the model failed: {message}"
+    demo = build_app(settings, model_problem=problem)
+    logger.info("model %s, outputs in %s, cache in %s", settings.model, settings.output_dir, settings.cache_dir)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(settings))
+
+
+if __name__ == "__main__":
+    main()
