@@ -145,6 +145,15 @@ class AppSettings:
             raise SystemExit(
                 "error: ANYV2V_CLIP_CACHE_MB must be 0 or more; ANYV2V_KEEP_HOURS and ANYV2V_OUTPUT_MAX_GB above 0."
             )
+        if self.device:
+            import torch
+
+            try:
+                kind = torch.device(self.device).type
+            except RuntimeError:
+                raise SystemExit(f"error: ANYV2V_DEVICE={self.device!r} is not a device; use cpu or cuda.") from None
+            if kind == "cuda" and not torch.cuda.is_available():
+                raise SystemExit(f"error: ANYV2V_DEVICE={self.device!r} but this machine has no CUDA GPU; use cpu.")
         try:  # the engine's own checks for device/dtype names, so a typo fails at startup
             self.base_config().validate()
         except AnyV2VError as exc:
