@@ -90,7 +90,7 @@ class CheckedImage(gr.Image):
             name = getattr(payload, "orig_name", None) or os.path.basename(payload.path)
             with reported("reading the image", [payload.path]):
                 try:
-                    check_image_file(payload.path, self.label or "image")
+                    check_image_file(payload.path, "image")
                 except AnyV2VError as exc:
                     raise AnyV2VError(str(exc).replace(os.path.basename(payload.path), name)) from None
         return super().preprocess(payload)

@@ -644,8 +644,11 @@ def user_message(exc: BaseException, action: str, paths: Sequence[str | None] = 
         logger.error("out of disk space while %s: %s", action, exc)
         return "The server is out of disk space, so nothing could be written. Try again later.", True
     if isinstance(exc, AnyV2VError):
-        text = strip_paths(" ".join(str(exc).split()), paths)
-        return (text[:1].upper() + text[1:] if text else type(exc).__name__), True
+        text = " ".join(str(exc).split())
+        first_word = text.split(" ", 1)[0]
+        if "." not in first_word and "/" not in first_word:  # a sentence; a file name keeps its case
+            text = text[:1].upper() + text[1:] if text else type(exc).__name__
+        return strip_paths(text, paths), True
     logger.error("unexpected error while %s", action, exc_info=(type(exc), exc, exc.__traceback__))
     return (
         f"Something went wrong while {action} ({type(exc).__name__}). The details are in the server log. "

@@ -234,7 +234,7 @@ def test_unreadable_images_get_one_clear_message(tmp_path):
 def test_user_messages_are_one_line_without_traceback(caplog):
     text, expected = service.user_message(VideoError("/tmp/gradio/abc/clip.mp4 is not a readable video."), "x",
                                           ["/tmp/gradio/abc/clip.mp4"])
-    assert text == "Clip.mp4 is not a readable video." and expected
+    assert text == "clip.mp4 is not a readable video." and expected
     assert "Lower the number of frames" in service.user_message(OutOfMemoryError("oom"), "x")[0]
     assert "Cancelled" in service.user_message(CancelledError("stop"), "x")[0]
     disk = service.user_message(OSError(errno.ENOSPC, "No space left on device"), "editing the video")[0]
