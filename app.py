@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,9 @@ from anyv2v import service
 from anyv2v.config import PRESETS, RESIZE_MODES, EditConfig, preset_config
 from anyv2v.errors import AnyV2VError
 from anyv2v.service import (
-    CHANGE_PRESET_LABELS, CHANGE_PRESETS, AppSettings, EditService, build_config, check_image_file,
-    derive_inversion_steps, edit_status, run_cancellable, scheduler_config, valid_inversion_steps,
+    CHANGE_PRESET_LABELS, CHANGE_PRESETS, FIRST_FRAME_API_PARAMS, ApiEditorParam, AppSettings, EditService,
+    api_editor_params, build_config, check_image_file, derive_inversion_steps, edit_status, editor_values,
+    run_cancellable, scheduler_config, valid_inversion_steps,
 )
 from editors.base import MAX_CANDIDATES, Editor, EditorInput, as_image
 
@@ -103,9 +103,6 @@ def _progress_fn(progress: gr.Progress) -> Callable[[float, str], None]:
 # Editor inputs -> widgets, and the API's union of all editors' inputs
 # ---------------------------------------------------------------------------------------------------------
 
-FIRST_FRAME_API_PARAMS = ("video", "editor", "candidates", "width", "height", "resize_mode", "fps", "start_time")
-
-
 def editor_widget(
     spec: EditorInput, elem_id: str | None = None, default: Any = ..., api: bool = False, **extra: Any
 ) -> gr.Component:
@@ -133,40 +130,6 @@ def editor_widget(
                          label=label, info=info, elem_id=elem_id, **extra)
     return gr.Number(label=label, value=value, minimum=low, maximum=high, precision=0 if integer else None,
                      info=info, elem_id=elem_id, **extra)
-
-
-@dataclass
-class ApiEditorParam:
-    """One /edit_first_frame parameter standing for the same-named input of one or more editors."""
-
-    name: str
-    spec: EditorInput
-    default: Any
-    targets: dict[str, str]  # editor name -> that editor's input name
-
-
-def api_editor_params(available: Mapping[str, Editor]) -> list[ApiEditorParam]:
-    """The union of every editor's inputs by name; a clash of kinds or with the endpoint's own parameters gets
-    the name `<editor>_<input>`, and a shared default is None when the editors disagree."""
-    params: dict[str, ApiEditorParam] = {}
-    for editor in available.values():
-        for spec in editor.inputs:
-            name = spec.name
-            existing = params.get(name)
-            if name in FIRST_FRAME_API_PARAMS or (existing is not None and existing.spec.kind != spec.kind):
-                name = f"{editor.name}_{spec.name}"
-                existing = params.get(name)
-            if existing is None:
-                params[name] = ApiEditorParam(name, spec, spec.default, {editor.name: spec.name})
-            else:
-                existing.targets[editor.name] = spec.name
-                if existing.default != spec.default:
-                    existing.default = None
-    return list(params.values())
-
-
-def editor_values(editor: Editor, params: Sequence[ApiEditorParam], given: Mapping[str, Any]) -> dict[str, Any]:
-    return {p.targets[editor.name]: given.get(p.name) for p in params if editor.name in p.targets}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
@@ -30,6 +30,9 @@ from .errors import AnyV2VError, CancelledError, ConfigError, ModelLoadError, Ou
 from .files import PART_SUFFIX
 from .pipeline import BACKBONES, EditResult, PreparedClip, prepare_clip, run_edit
 from .video import MAX_SOURCE_PIXELS, unique_path, write_video
+
+if TYPE_CHECKING:
+    from editors.base import Editor, EditorInput
 
 try:  # ZeroGPU on Hugging Face Spaces: GPU functions must be decorated with spaces.GPU.
     import spaces  # type: ignore[import-not-found]
@@ -901,6 +904,48 @@ def check_model_source(model: str, timeout: float = 5.0) -> str | None:
         return (f"The video model {model} is not downloaded and the Hugging Face Hub cannot be reached "
                 f"({type(exc).__name__}). Check the network (or a proxy), or set ANYV2V_MODEL to a local folder. {demo}")
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The API's first-frame parameters: the union of every editor's inputs
+# ---------------------------------------------------------------------------------------------------------
+
+# /edit_first_frame's own parameters; an editor input with one of these names is renamed "<editor>_<name>".
+FIRST_FRAME_API_PARAMS = ("video", "editor", "candidates", "width", "height", "resize_mode", "fps", "start_time")
+
+
+@dataclass
+class ApiEditorParam:
+    """One /edit_first_frame parameter standing for the same-named input of one or more editors."""
+
+    name: str
+    spec: EditorInput
+    default: Any
+    targets: dict[str, str]  # editor name -> that editor's input name
+
+
+def api_editor_params(available: Mapping[str, "Editor"]) -> list[ApiEditorParam]:
+    """The union of every editor's inputs by name; a clash of kinds or with the endpoint's own parameters gets
+    the name `<editor>_<input>`, and a shared default is None when the editors disagree."""
+    params: dict[str, ApiEditorParam] = {}
+    for editor in available.values():
+        for spec in editor.inputs:
+            name = spec.name
+            existing = params.get(name)
+            if name in FIRST_FRAME_API_PARAMS or (existing is not None and existing.spec.kind != spec.kind):
+                name = f"{editor.name}_{spec.name}"
+                existing = params.get(name)
+            if existing is None:
+                params[name] = ApiEditorParam(name, spec, spec.default, {editor.name: spec.name})
+            else:
+                existing.targets[editor.name] = spec.name
+                if existing.default != spec.default:
+                    existing.default = None
+    return list(params.values())
+
+
+def editor_values(editor: "Editor", params: Sequence[ApiEditorParam], given: Mapping[str, Any]) -> dict[str, Any]:
+    return {p.targets[editor.name]: given.get(p.name) for p in params if editor.name in p.targets}
 
 
 # ---------------------------------------------------------------------------------------------------------
