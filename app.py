@@ -362,7 +362,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
             except Exception:  # noqa: BLE001 - invalid values are reported when the edit starts
                 return ""
 
-        estimate_options = dict(inputs_kwargs=estimate_inputs, concurrency_limit=1, concurrency_id="estimate",
+        estimate_options = dict(inputs_kwargs=estimate_inputs, concurrency_limit=2, concurrency_id="estimate",
                                 show_progress="hidden", api_visibility="private", trigger_mode="always_last")
         for event in (source_video.upload, source_video.clear):
             event(on_new_video, None, reset_outputs, queue=False, api_visibility="private").then(
@@ -524,7 +524,8 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
             concurrency_id=GPU_CONCURRENCY_ID, show_progress="full", show_progress_on=[output_video],
             api_visibility="private",
         )
-        run_event.then(lambda: gr.Button(interactive=True), None, run_btn, queue=False, api_visibility="private")
+        run_event.then(lambda: gr.Button(interactive=True), None, run_btn, queue=False, api_visibility="private").then(
+            on_estimate, None, estimate_md, **estimate_options)  # now measured on this server, model loaded
 
         def on_cancel():
             return (gr.Button(interactive=True), None, None, None,

@@ -894,7 +894,7 @@ def check_model_source(model: str, timeout: float = 5.0) -> str | None:
         pass
     if _env_bool(os.environ.get("HF_HUB_OFFLINE")):
         return (f"The video model {model} is not downloaded and HF_HUB_OFFLINE is set, so the first edit would fail. "
-                f"Unset HF_HUB_OFFLINE (with network access it downloads once, about 10 GB), or set ANYV2V_MODEL to "
+                f"Unset HF_HUB_OFFLINE (with network access it downloads once), or set ANYV2V_MODEL to "
                 f"a local folder. {demo}")
     try:
         from huggingface_hub import HfApi
