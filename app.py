@@ -188,7 +188,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                 with gr.Row():
                     start_time = gr.Number(label="Start time (s)", value=0, minimum=0, elem_id="start-time", min_width=140)
                     end_time = gr.Number(label="End time (s, optional)", value=None, minimum=0, elem_id="end-time",
-                                         info="Empty: use the frame count.", min_width=140)
+                                         info="Empty or 0: use the frame count.", min_width=140)
                 with gr.Row():
                     frames = gr.Slider(2, settings.max_frames, value=min(base.frames, settings.max_frames), step=1,
                                        label="Frames", info="16 is what the model was trained on.", elem_id="frames",
@@ -319,13 +319,14 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
         clip_inputs = dict(frames=frames, fps=fps, start_time=start_time, end_time=end_time, width=width,
                            height=height, resize_mode=resize_mode)
         result_outputs = [before_video, output_video, downloads, edit_status_md, settings_json]
-        prepare_outputs = [prepared_video, first_frame, first_frame_download, clip_info, clip_state, *mask_widgets]
+        prepare_outputs = [prepared_video, first_frame, first_frame_download, clip_info, clip_state, *mask_widgets,
+                           frame_status]
 
         def no_clip(text: str) -> tuple:
             return (None, None, gr.DownloadButton(value=None, interactive=False), text, None,
-                    *[None for _ in mask_widgets])
+                    *[None for _ in mask_widgets], gr.skip())
 
-        async def on_prepare(video: str | None, progress: gr.Progress = gr.Progress(), **clip: Any):
+        async def on_prepare(video: str | None, previous: dict | None, progress: gr.Progress = gr.Progress(), **clip: Any):
             if not video:
                 return no_clip("Upload a video to see the prepared clip here.")
             try:
@@ -336,18 +337,25 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                 message = user_error(exc, "preparing the video", [video]).message
                 gr.Warning(message, duration=None)
                 return no_clip(f"**Could not prepare the clip:** {message}")
-            state = {"video": video, "first_frame": entry.first_frame_path, "resize_mode": config.resize_mode}
+            framing = [config.start_time, config.width, config.height, config.resize_mode]
+            state = {"video": video, "first_frame": entry.first_frame_path, "resize_mode": config.resize_mode,
+                     "framing": framing}
             background = {"background": entry.first_frame_path, "layers": [], "composite": None}
+            status = gr.skip()
+            if previous and previous.get("video") == video and previous.get("framing") != framing:
+                status = ("**The first frame changed** (start time, size or fit): an edited first frame made before "
+                          "was made from the previous one. Make it again if it no longer matches.")
             return (entry.preview_path, entry.first_frame_path,
                     gr.DownloadButton(value=entry.first_frame_path, interactive=True), entry.summary, state,
-                    *[background for _ in mask_widgets])
+                    *[background for _ in mask_widgets], status)
 
         def on_new_video():
             """Everything from the previous video goes: clip, edited frame, candidates and result."""
-            return (*no_clip("Preparing the clip…"), None, None, {"editor": None, "paths": []}, "",
+            return (*no_clip("Preparing the clip…")[:-1], None, None, {"editor": None, "paths": []}, "",
                     None, None, None, "", None, "")
 
-        reset_outputs = [*prepare_outputs, edited_frame, gallery, candidates_state, frame_status, *result_outputs,
+        prepare_inputs = [source_video, clip_state]
+        reset_outputs = [*prepare_outputs[:-1], edited_frame, gallery, candidates_state, frame_status, *result_outputs,
                          estimate_md]
         prepare_options = dict(inputs_kwargs=clip_inputs, concurrency_limit=2, concurrency_id="prepare",
                                show_progress="minimal", show_progress_on=[clip_info], api_visibility="private")
@@ -366,14 +374,14 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                                 show_progress="hidden", api_visibility="private", trigger_mode="always_last")
         for event in (source_video.upload, source_video.clear):
             event(on_new_video, None, reset_outputs, queue=False, api_visibility="private").then(
-                on_prepare, [source_video], prepare_outputs, **prepare_options).then(
+                on_prepare, prepare_inputs, prepare_outputs, **prepare_options).then(
                 on_estimate, None, estimate_md, **estimate_options)
         for control in (frames, fps, width, height, resize_mode):
-            control.change(on_prepare, [source_video], prepare_outputs, trigger_mode="always_last",
+            control.change(on_prepare, prepare_inputs, prepare_outputs, trigger_mode="always_last",
                            **prepare_options).then(on_estimate, None, estimate_md, **estimate_options)
         for control in (start_time, end_time):
             for event in (control.submit, control.blur):
-                event(on_prepare, [source_video], prepare_outputs, trigger_mode="always_last", **prepare_options)
+                event(on_prepare, prepare_inputs, prepare_outputs, trigger_mode="always_last", **prepare_options)
         for control in (steps, inversion_steps, start_index, guidance):
             control.change(on_estimate, None, estimate_md, **estimate_options)
 
@@ -560,7 +568,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                 *reset_outputs, source_video, edited_frame, prompt, *taus.values(), start_index, change_preset,
                 frames, fps, width, height, resize_mode, start_time, end_time, steps, inversion_steps, quality]))
             example_gallery.select(on_example, None, example_outputs, queue=False, api_visibility="private").then(None, js=SCROLL_TO_STEP_1).then(
-                on_prepare, [source_video], prepare_outputs, **prepare_options).then(
+                on_prepare, prepare_inputs, prepare_outputs, **prepare_options).then(
                 on_estimate, None, estimate_md, **estimate_options)
 
         # ---- Public API (gradio_client): hidden components, so the endpoints have clean signatures ---------
