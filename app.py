@@ -31,7 +31,7 @@ import gradio as gr
 import editors
 from anyv2v import service
 from anyv2v.config import PRESETS, RESIZE_MODES, EditConfig, preset_config
-from anyv2v.errors import AnyV2VError
+from anyv2v.errors import AnyV2VError, CancelledError
 from anyv2v.service import (
     CHANGE_PRESET_LABELS, CHANGE_PRESETS, FIRST_FRAME_API_PARAMS, ApiEditorParam, AppSettings, EditService,
     api_editor_params, build_config, check_image_file, derive_inversion_steps, edit_status, editor_values,
@@ -149,6 +149,7 @@ CSS = """
 #examples .thumbnail-item { min-width: 72px; }
 @media (max-width: 640px) { .gradio-container { padding: 0 6px !important; } .row { flex-wrap: wrap !important; } }
 """
+CANCELLED = "**Cancelled.** Nothing was written; the previous result was cleared."
 SCROLL_TO_STEP_1 = "() => document.getElementById('step-1')?.scrollIntoView({behavior: 'smooth'})"
 
 
@@ -399,16 +400,21 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
             return updates + [preset], f" Suggested settings for {editor.title} edits applied in step 3 ({listed})."
 
         def make_editor_fn(editor: Editor) -> Callable[..., Any]:
-            async def on_edit_frame(state: dict | None, candidates: Any, progress: gr.Progress = gr.Progress(),
-                                    **values: Any):
+            async def on_edit_frame(state: dict | None, candidates: Any, request: gr.Request,
+                                    progress: gr.Progress = gr.Progress(), **values: Any):
                 if not state:
                     raise gr.Error("Upload a video in step 1 first: the editors work on its first frame.")
+                stop = jobs.new_job(request.session_hash or "", "frame")
                 with reported(f"editing the first frame with {editor.title}",
                               [v for v in values.values() if isinstance(v, str)]):
                     values["resize_mode"] = state.get("resize_mode", "crop")
                     frame = as_image(state["first_frame"], "first frame").convert("RGB")
-                    paths = await run_cancellable(lambda stop: jobs.edit_frame(
-                        editor.name, frame, values, int(candidates or 1), _progress_fn(progress), stop))
+                    try:
+                        paths = await run_cancellable(lambda stop: jobs.edit_frame(
+                            editor.name, frame, values, int(candidates or 1), _progress_fn(progress), stop), stop)
+                    except CancelledError:  # the Cancel button: shown as cancelled, not as an error
+                        return (None, {"editor": None, "paths": []}, 0, gr.skip(), "**Cancelled.**",
+                                *[gr.skip()] * len(tau_outputs))
                 seed_value = values.get("seed")
                 captions = [f"Candidate {i + 1}" + (f" (seed {int(seed_value) + i})" if seed_value is not None else "")
                             for i in range(len(paths))]
@@ -424,14 +430,13 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
 
             return on_edit_frame
 
-        editor_events = []
         for editor, widgets, count, button in editor_tabs:
-            editor_events.append(button.click(
+            button.click(
                 make_editor_fn(editor), [clip_state, count if count is not None else gr.State(1)],
                 [gallery, candidates_state, selected_state, edited_frame, frame_status, *tau_outputs],
                 inputs_kwargs=widgets, concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
                 show_progress_on=[gallery], api_visibility="private",
-            ))
+            )
 
         def on_select(evt: gr.SelectData) -> int:
             return int(evt.index)
@@ -502,17 +507,21 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
         for control in (steps, inversion_steps):
             control.input(quality_label, [steps, inversion_steps], quality, queue=False, api_visibility="private")
 
-        async def on_edit_video(progress: gr.Progress = gr.Progress(), **kw: Any):
+        async def on_edit_video(request: gr.Request, progress: gr.Progress = gr.Progress(), **kw: Any):
             video, frame, text = kw.pop("video"), kw.pop("edited_frame"), kw.pop("prompt")
             if not video:
                 raise gr.Error("Upload a video in step 1 first.")
             if not frame:
                 raise gr.Error("Choose an edited first frame in step 2 first (or click an example).")
+            stop = jobs.job_stop(request.session_hash or "", "video")  # made at the click (lock)
             with reported("editing the video", [video, frame]):
                 config = build_config(settings, **kw)
                 entry = await asyncio.to_thread(jobs.prepare, video, config, True)
-                result = await run_cancellable(
-                    lambda stop: jobs.edit_video(video, frame, text, config, _progress_fn(progress), stop))
+                try:
+                    result = await run_cancellable(
+                        lambda stop: jobs.edit_video(video, frame, text, config, _progress_fn(progress), stop), stop)
+                except CancelledError:  # the Cancel button: shown as cancelled, not as an error
+                    return None, None, None, CANCELLED, None
                 record = json.loads(Path(result.json_path).read_text())
             return (entry.preview_path, str(result.video_path), [str(result.video_path), str(result.json_path)],
                     edit_status(result), record)
@@ -523,7 +532,8 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
             keep_audio=keep_audio, **taus, **clip_inputs,
         )
 
-        def lock():  # the old result goes, and a second click cannot start a second edit
+        def lock(request: gr.Request):  # the old result goes, and a second click cannot start a second edit
+            jobs.new_job(request.session_hash or "", "video")
             return gr.Button(interactive=False), None, None, None, "", None
 
         lock_event = run_btn.click(lock, None, [run_btn, *result_outputs], queue=False, api_visibility="private")
@@ -535,12 +545,13 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
         run_event.then(lambda: gr.Button(interactive=True), None, run_btn, queue=False, api_visibility="private").then(
             on_estimate, None, estimate_md, **estimate_options)  # now measured on this server, model loaded
 
-        def on_cancel():
-            return (gr.Button(interactive=True), None, None, None,
-                    "**Cancelled.** Nothing was written; the previous result was cleared.", None)
+        def on_cancel(request: gr.Request):
+            # A stop flag, not Gradio's `cancels`: the job ends normally as "Cancelled" (no red Error badges),
+            # within one step, and a job still waiting in the queue ends as soon as it starts.
+            jobs.cancel(request.session_hash or "")
+            return gr.Button(interactive=True), None, None, None, CANCELLED, None
 
-        cancel_btn.click(on_cancel, None, [run_btn, *result_outputs], cancels=[run_event, *editor_events],
-                         queue=False, api_visibility="private")
+        cancel_btn.click(on_cancel, None, [run_btn, *result_outputs], queue=False, api_visibility="private")
 
         # ---- Examples: load everything, reset the rest, small settings on a CPU ---------------------------
         if examples:

@@ -746,10 +746,12 @@ def gpu_edit_frame(
     )
 
 
-async def run_cancellable(job: Callable[[threading.Event], T]) -> T:
-    """Run a blocking job in a worker thread; when the event is cancelled (Cancel button, client
-    `job.cancel()`), set the job's stop flag so the engine stops at its next step."""
-    stop = threading.Event()
+async def run_cancellable(job: Callable[[threading.Event], T], stop: threading.Event | None = None) -> T:
+    """Run a blocking job in a worker thread; when the event is cancelled (client `job.cancel()`), or `stop` is
+    set (the page's Cancel button), the job's stop flag makes the engine stop at its next step."""
+    stop = stop if stop is not None else threading.Event()
+    if stop.is_set():
+        raise CancelledError("cancelled before it started.")
     try:
         # asyncio.to_thread copies the context, so a progress tracker keeps working inside the thread.
         return await asyncio.to_thread(job, stop)
@@ -963,10 +965,35 @@ class EditService:
         self.clips = ClipCache(settings.clip_cache_mb * 2**20)
         self.estimator = EditEstimator()
         self._loaded: set[tuple] = set()  # models this process has loaded (BACKBONES keeps the latest)
+        self._stops: dict[tuple[str, str], threading.Event] = {}  # (session, kind) -> stop flag of its latest job
+        self._stops_lock = threading.Lock()
         removed = sweep_stale(self.output_dir)
         if removed:
             logger.info("removed %d stale partial or empty files from %s", len(removed), self.output_dir)
         self.prune()
+
+    # ---- cancel from the page ----------------------------------------------------------------------------
+
+    def new_job(self, session: str, kind: str) -> threading.Event:
+        """A fresh stop flag for the session's next job of this kind (set at the click, so a job cancelled
+        while it waits in the queue ends as soon as it starts)."""
+        with self._stops_lock:
+            if len(self._stops) > 1000:  # forget finished sessions' flags
+                self._stops = {k: v for k, v in self._stops.items() if not v.is_set()}
+            stop = self._stops[(session, kind)] = threading.Event()
+            return stop
+
+    def job_stop(self, session: str, kind: str) -> threading.Event:
+        with self._stops_lock:
+            return self._stops.setdefault((session, kind), threading.Event())
+
+    def cancel(self, session: str) -> bool:
+        """Ask every job of the session to stop at its next step; whether there was one to ask."""
+        with self._stops_lock:
+            flags = [flag for (owner, _), flag in self._stops.items() if owner == session and not flag.is_set()]
+        for flag in flags:
+            flag.set()
+        return bool(flags)
 
     # ---- files ------------------------------------------------------------------------------------------
 
