@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from PIL import Image, UnidentifiedImageError
 
 from .config import DEFAULT_MODEL, PRESETS, EditConfig, default_cache_dir, preset_config
-from .errors import AnyV2VError, CancelledError, ConfigError, ModelLoadError, OutOfMemoryError, VideoError
+from .errors import AnyV2VError, CancelledError, ConfigError, OutOfMemoryError, VideoError
 from .files import PART_SUFFIX
 from .pipeline import BACKBONES, EditResult, PreparedClip, prepare_clip, run_edit
 from .video import MAX_SOURCE_PIXELS, unique_path, write_video
