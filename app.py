@@ -78,13 +78,14 @@ def reported(action: str, paths: Sequence[str | None] = ()) -> Iterator[None]:
         raise user_error(exc, action, paths) from None
 
 
-class CheckedImage(gr.Image):
-    """gr.Image whose upload is checked before Gradio decodes it: corrupt files, random bytes, videos and
-    decompression bombs get one readable message instead of a generic error."""
+def checked_image(**kwargs: Any) -> gr.Image:
+    """A gr.Image whose upload is checked before Gradio decodes it: corrupt files, random bytes, videos and
+    decompression bombs get one readable message instead of a generic error. (The check wraps this instance's
+    `preprocess`: subclassing a Gradio component makes Gradio write a .pyi stub beside this file.)"""
+    image = gr.Image(**kwargs)
+    decode = image.preprocess
 
-    is_template = True  # the browser uses gr.Image's own front end
-
-    def preprocess(self, payload: Any) -> Any:
+    def preprocess(payload: Any) -> Any:
         if payload is not None and getattr(payload, "path", None):
             name = getattr(payload, "orig_name", None) or os.path.basename(payload.path)
             with reported("reading the image", [payload.path]):
@@ -92,7 +93,10 @@ class CheckedImage(gr.Image):
                     check_image_file(payload.path, "image")
                 except AnyV2VError as exc:
                     raise AnyV2VError(str(exc).replace(os.path.basename(payload.path), name)) from None
-        return super().preprocess(payload)
+        return decode(payload)
+
+    image.preprocess = preprocess  # type: ignore[method-assign]
+    return image
 
 
 def _progress_fn(progress: gr.Progress) -> Callable[[float, str], None]:
@@ -114,7 +118,7 @@ def editor_widget(
     if spec.kind == "text":
         return gr.Textbox(label=label, value=value or "", info=info, elem_id=elem_id, lines=1, **extra)
     if spec.kind == "image" or (spec.kind == "mask" and api):  # a mask file: white (or opaque) pixels mark it
-        return CheckedImage(label=label, type="filepath", format="png", image_mode="RGBA",
+        return checked_image(label=label, type="filepath", format="png", image_mode="RGBA",
                             sources=["upload", "clipboard"], height=240, elem_id=elem_id, **extra)
     if spec.kind == "mask":  # painted over the prepared first frame (set as background when a clip is prepared)
         return gr.ImageEditor(
@@ -249,7 +253,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                 frame_status = gr.Markdown("", elem_id="frame-status")
                 use_btn = gr.Button("Use this frame", elem_id="use-frame-btn")
             with gr.Column(scale=2, min_width=300):
-                edited_frame = CheckedImage(
+                edited_frame = checked_image(
                     label="Edited first frame (used for the video edit)", type="filepath", format="png",
                     image_mode="RGBA", sources=["upload", "clipboard"], elem_id="edited-frame", height=300,
                 )
@@ -458,7 +462,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
         use_btn.click(on_use, [candidates_state, selected_state], [edited_frame, frame_status, *tau_outputs],
                       api_visibility="private")
 
-        def on_frame_upload(path: str | None) -> str:  # CheckedImage has refused unreadable files already
+        def on_frame_upload(path: str | None) -> str:  # checked_image has refused unreadable files already
             return "Using the uploaded frame for the video edit (step 3)." if path else ""
 
         edited_frame.upload(on_frame_upload, edited_frame, frame_status, api_visibility="private")
@@ -650,7 +654,7 @@ def _build_api(
     # -- /edit_video --
     inputs = [
         gr.Video(label="video", sources=["upload"], format=None),
-        CheckedImage(label="edited_frame", type="filepath", format="png", image_mode="RGBA"),
+        checked_image(label="edited_frame", type="filepath", format="png", image_mode="RGBA"),
         gr.Textbox(label="prompt"),
         gr.Number(label="tau_conv", value=base.tau_conv),
         gr.Number(label="tau_sa", value=base.tau_sa),
