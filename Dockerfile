@@ -3,8 +3,8 @@
 #   docker build -t anyv2v .
 #   docker run --gpus all -p 7860:7860 -v anyv2v-cache:/home/anyv2v/.cache anyv2v
 #
-# then open http://localhost:7860. Models download from the Hugging Face hub on first use into the cache volume
-# (I2VGen-XL fp16 is about 4.6 GB); pass -e ANYV2V_PRELOAD=1 to load the video model before serving, or
+# then open http://localhost:7860 (add -e ANYV2V_AUTH=user:password when others can reach it). Models download
+# from the Hugging Face hub on first use into the cache volume (I2VGen-XL fp16 is about 4.6 GB); pass -e ANYV2V_PRELOAD=1 to load the video model before serving, or
 # -e ANYV2V_MODEL=/models/i2vgen-xl with -v /path/on/host:/models:ro to use local folders offline.
 FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04
 

@@ -3,49 +3,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from tests.app_helpers import CLIP, EDITED, PROMPT, TINY_EDIT, make_models, read_mp4, run_app
 
 import app as webapp
-from anyv2v.config import DEFAULT_MODEL, PRESETS
-from anyv2v.errors import AnyV2VError, CancelledError, ConfigError, OutOfMemoryError, VideoError
+from anyv2v.errors import AnyV2VError
+from anyv2v.service import AppSettings
 
 # ---------------------------------------------------------------------------------------------------------
-# Helpers, no server
+# The page and its wiring, no server (the job layer has its own tests: tests/test_service.py)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def test_settings_from_env_defaults_and_overrides(tmp_path):
-    default = webapp.AppSettings.from_env({})
-    assert default.model == DEFAULT_MODEL
-    assert default.max_frames == 128 and default.preset in PRESETS
-    env = {
-        "ANYV2V_MODEL": str(tmp_path / "model"),
-        "ANYV2V_DEVICE": "cpu",
-        "ANYV2V_DTYPE": "float32",
-        "ANYV2V_CPU_OFFLOAD": "1",
-        "ANYV2V_CACHE_DIR": str(tmp_path / "cache"),
-        "ANYV2V_OUTPUT_DIR": str(tmp_path / "out"),
-        "ANYV2V_MAX_FRAMES": "32",
-        "ANYV2V_PRESET": "paper",
-    }
-    settings = webapp.AppSettings.from_env(env).check()
-    assert settings.model == env["ANYV2V_MODEL"] and settings.device == "cpu" and settings.cpu_offload
-    assert settings.max_frames == 32 and settings.output_dir == env["ANYV2V_OUTPUT_DIR"]
-    config = settings.base_config()
-    assert config.inversion_steps == 500 and config.cache_dir == env["ANYV2V_CACHE_DIR"]
-    with pytest.raises(SystemExit):
-        webapp.AppSettings.from_env({"ANYV2V_MAX_FRAMES": "many"})
-    with pytest.raises(SystemExit):
-        webapp.AppSettings.from_env({"ANYV2V_PRESET": "turbo"}).check()
 
 
 def test_cli_defaults_listen_on_localhost(monkeypatch):
@@ -59,160 +33,10 @@ def test_cli_defaults_listen_on_localhost(monkeypatch):
         "0.0.0.0", 9000, True, 3, 5, "x")
 
 
-def test_build_config_maps_ui_values_and_keeps_defaults(tmp_path):
-    settings = webapp.AppSettings(model="m", output_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
-    config = webapp.build_config(
-        settings, frames=8.0, fps=8, width=64.0, height=64, tau_conv=1, tau_sa=0.5, tau_ta=1.0, start_index=1,
-        steps=10.0, inversion_steps=10, seed=None, negative_prompt=None,
-    )
-    assert (config.frames, config.width, config.height, config.steps, config.start_index) == (8, 64, 64, 10, 1)
-    assert isinstance(config.frames, int) and isinstance(config.steps, int)
-    assert (config.model, config.cache_dir, config.seed) == ("m", str(tmp_path / "c"), 8888)
-    assert config.inversion_steps == 10 and config.tau_conv == 1.0
-    # The preset gives what the request leaves out.
-    assert webapp.build_config(settings).inversion_steps == PRESETS[settings.preset].get("inversion_steps", 500)
-
-
-def test_build_config_errors_say_what_to_change(tmp_path):
-    settings = webapp.AppSettings(output_dir=str(tmp_path), max_frames=32, max_size=512)
-    with pytest.raises(ConfigError, match="at most 32 frames"):
-        webapp.build_config(settings, frames=64)
-    with pytest.raises(ConfigError, match="at most 32 frames"):
-        webapp.build_config(settings, start_time=0, end_time=10, fps=8)  # 80 frames from the time range
-    with pytest.raises(ConfigError, match="larger than this app allows"):
-        webapp.build_config(settings, width=1024)
-    with pytest.raises(ConfigError, match="tau_conv"):
-        webapp.build_config(settings, tau_conv=1.5)
-    with pytest.raises(ConfigError, match="whole number"):
-        webapp.build_config(settings, frames=8.5)
-    with pytest.raises(ConfigError, match="after the start time"):
-        webapp.build_config(settings, start_time=2, end_time=1)
-
-
-def test_clip_frame_count_from_time_range():
-    assert webapp.clip_frame_count(16, 8, 0.0, None, 128) == 16
-    assert webapp.clip_frame_count(16, 8, 0.0, 0, 128) == 16  # 0 = no end time
-    assert webapp.clip_frame_count(16, 8, 0.5, 2.5, 128) == 16
-    assert webapp.clip_frame_count(16, 10, 1.0, 1.3, 128) == 3
-    with pytest.raises(ConfigError, match="fewer than 2 frames"):
-        webapp.clip_frame_count(16, 8, 1.0, 1.1, 128)
-
-
-def test_engine_progress_maps_stages_to_one_bar():
-    reports: list[tuple[float, str]] = []
-    tracker = webapp.EngineProgress(lambda f, t: reports.append((f, t)), inversion_steps=10, sampling_steps=10)
-    tracker.start()
-    for i in range(1, 11):
-        tracker("inversion", i, 10)
-    for i in range(1, 11):
-        tracker("sampling", i, 10)
-    fractions = [f for f, _ in reports]
-    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == pytest.approx(1.0)
-    assert "inverting the source video" in reports[1][1] and "step 1 of 10" in reports[1][1]
-    assert "sampling" in reports[11][1]
-    assert not tracker.reused_inversion
-
-    cached: list[tuple[float, str]] = []
-    tracker = webapp.EngineProgress(lambda f, t: cached.append((f, t)), inversion_steps=10, sampling_steps=4)
-    tracker("inversion_cached", 1, 1)  # what the engine reports when the inversion came from the cache
-    tracker("sampling", 2, 4)
-    assert tracker.reused_inversion
-    assert "Reused the cached inversion" in cached[0][1]
-    assert cached[1][0] == pytest.approx(0.5)  # the skipped inversion no longer counts
-
-
-def test_edit_status_mentions_reused_inversion():
-    from anyv2v.pipeline import EditResult
-
-    result = EditResult(Path("a.mp4"), Path("a.json"), True, {}, {"sampling": 2.0, "load": 0.01}, ["n1"], 8, (64, 64), 8)
-    text = webapp.edit_status(result)
-    assert "Reused the cached inversion" in text and "8 frames, 64×64, 8 fps" in text and "n1" in text
-    fresh = webapp.edit_status(EditResult(Path("a.mp4"), Path("a.json"), False, {}, {"inversion": 3.0}, [], 8, (64, 64), 8))
-    assert "Inverted the source video" in fresh and "reuse" in fresh
-
-
-def test_examples_come_from_the_assets_manifest():
-    examples = webapp.list_examples()
-    assert len(examples) == 10
-    first = examples[0]
-    assert Path(first.video).is_file() and Path(first.edited_frame).is_file()
-    assert Path(first.video).resolve().is_relative_to(webapp.ASSETS_DIR)
-    assert (first.tau_conv, first.tau_sa, first.tau_ta, first.start_index) == (1.0, 1.0, 1.0, 0)
-    starry = next(e for e in examples if "starry" in e.edited_frame)
-    assert starry.start_index == 1 and "starry night" in starry.prompt
-    assert len(first.row()) == 7
-    assert webapp.list_examples(Path("/nonexistent")) == []
-
-
-def test_user_errors_are_one_line_without_traceback(caplog):
-    err = webapp.user_error(VideoError("/tmp/gradio/abc123/clip.mp4 is not a readable video."), "x",
-                            ["/tmp/gradio/abc123/clip.mp4"])
-    assert "clip.mp4 is not a readable video" in err.message and "/tmp/gradio" not in err.message
-    oom = webapp.user_error(OutOfMemoryError("out of GPU memory; lower --frames"), "x")
-    assert "Lower the number of frames or the size" in oom.message
-    assert "Cancelled" in webapp.user_error(CancelledError("stop"), "x").message
+def test_user_error_is_escaped_and_never_a_traceback():
     assert webapp.user_error(AnyV2VError("a <b> tag"), "x").message == "A &lt;b&gt; tag"
-    with caplog.at_level("ERROR", logger="anyv2v.app"):
-        try:
-            raise KeyError("internal detail")
-        except KeyError as exc:
-            unexpected = webapp.user_error(exc, "editing the video")
-    assert "Something went wrong while editing the video" in unexpected.message
-    assert "internal detail" not in unexpected.message and "Traceback" not in unexpected.message
-    assert "Traceback" in caplog.text  # the details go to the server log
-
-
-def test_run_cancellable_sets_the_stop_flag_when_gradio_cancels():
-    seen = threading.Event()
-
-    def job(stop: threading.Event) -> str:
-        for _ in range(200):
-            if stop.is_set():
-                seen.set()
-                return "stopped"
-            time.sleep(0.01)
-        return "finished"
-
-    async def scenario() -> None:
-        task = asyncio.ensure_future(webapp.run_cancellable(job))
-        await asyncio.sleep(0.1)
-        task.cancel()  # what Gradio does on the Cancel button or a client's job.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
-    assert seen.wait(2)
-
-
-def test_gpu_slot_is_exclusive_and_cancellable():
-    stop = threading.Event()
-    with webapp.gpu_slot(stop):
-        other = threading.Event()
-        other.set()
-        with pytest.raises(CancelledError):
-            with webapp.gpu_slot(other):
-                pass
-    with webapp.gpu_slot(stop):  # released again
-        pass
-
-
-def test_zero_gpu_decorates_only_when_spaces_is_present(monkeypatch):
-    def work() -> str:
-        return "ran"
-
-    monkeypatch.setattr(webapp, "spaces", None)
-    assert webapp._zero_gpu(work) is work
-    calls = []
-
-    class FakeSpaces:
-        @staticmethod
-        def GPU(duration: int):
-            calls.append(duration)
-            return lambda fn: (lambda *a, **k: "on zero gpu: " + fn(*a, **k))
-
-    monkeypatch.setattr(webapp, "spaces", FakeSpaces)
-    monkeypatch.setenv("ANYV2V_GPU_DURATION", "120")
-    assert webapp._zero_gpu(work)() == "on zero gpu: ran" and calls == [120]
+    err = webapp.user_error(KeyError("internal"), "editing the video")
+    assert "Something went wrong" in err.message and "internal" not in err.message
 
 
 def test_api_editor_params_union():
@@ -232,7 +56,8 @@ def test_api_editor_params_union():
 
 
 def test_build_app_wires_queue_and_endpoints(tmp_path):
-    settings = webapp.AppSettings(model=str(tmp_path / "m"), output_dir=str(tmp_path / "out"), queue_size=5)
+    settings = AppSettings(model=str(tmp_path / "m"), output_dir=str(tmp_path / "out"), queue_size=5,
+                           auth=("ann", "pw"))
     demo = webapp.build_app(settings)
     assert demo._queue.max_size == 5
     named = {fn.api_name: fn for fn in demo.fns.values() if fn.api_visibility == "public"}
@@ -242,6 +67,8 @@ def test_build_app_wires_queue_and_endpoints(tmp_path):
     kwargs = webapp.launch_kwargs(settings)
     assert kwargs["max_file_size"] == settings.max_upload_mb * 1024 * 1024
     assert str(Path(settings.output_dir).resolve()) in kwargs["allowed_paths"]
+    assert kwargs["auth"] == ("ann", "pw") and kwargs["show_error"] is False
+    assert "m does not exist" in str(demo.config)  # the model-source problem is on the page
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -271,10 +98,11 @@ def test_view_api_lists_both_endpoints(client):
     video_params = [p["parameter_name"] for p in endpoints["/edit_video"]["parameters"]]
     assert video_params[:3] == ["video", "edited_frame", "prompt"]
     for name in ("tau_conv", "tau_sa", "tau_ta", "start_index", "steps", "inversion_steps", "guidance",
-                 "negative_prompt", "seed", "frames", "fps", "width", "height"):
+                 "negative_prompt", "seed", "frames", "fps", "width", "height", "keep_audio", "end_time"):
         assert name in video_params
     optional = {p["parameter_name"] for p in endpoints["/edit_video"]["parameters"] if p["parameter_has_default"]}
-    assert "tau_conv" in optional and "video" not in optional
+    assert {"tau_conv", "inversion_steps", "keep_audio", "end_time"} <= optional and "video" not in optional
+    assert len(endpoints["/edit_video"]["returns"]) == 2  # the video and its settings JSON
     frame_params = [p["parameter_name"] for p in endpoints["/edit_first_frame"]["parameters"]]
     assert frame_params[:2] == ["video", "editor"] and "image" in frame_params and "instruction" in frame_params
 
@@ -289,6 +117,25 @@ def test_edit_first_frame_manual(client):
     assert len(paths) == 1
     with Image.open(paths[0]) as image:
         assert image.size == (64, 64) and image.mode == "RGB"
+
+
+def test_api_image_keeps_transparency(client, tmp_path):
+    """An RGBA edited frame: its transparent half shows the source's first frame, its opaque half the paint."""
+    from gradio_client import handle_file
+
+    from anyv2v.config import EditConfig
+    from anyv2v.pipeline import prepare_clip
+
+    painted = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    painted.paste((255, 0, 0, 255), (0, 0, 32, 64))
+    path = tmp_path / "half.png"
+    painted.save(path)
+    (result,) = client.predict(video=handle_file(str(CLIP)), editor="manual", image=handle_file(str(path)),
+                               width=64, height=64, api_name="/edit_first_frame")
+    source = np.asarray(prepare_clip(CLIP, EditConfig(frames=2, width=64, height=64)).first_frame, dtype=int)
+    edited = np.asarray(Image.open(result).convert("RGB"), dtype=int)
+    assert (edited[:, :32] == [255, 0, 0]).all()
+    assert np.abs(edited[:, 32:] - source[:, 32:]).max() <= 1  # the source, not black
 
 
 def test_edit_first_frame_missing_input_is_actionable(client):
@@ -333,23 +180,26 @@ def test_edit_video_twice_reuses_the_inversion(client, server):
     from gradio_client import handle_file
 
     def edit(**extra):
-        result = client.predict(
+        video, settings_json = client.predict(
             video=handle_file(str(CLIP)), edited_frame=handle_file(str(EDITED)), prompt=PROMPT,
             api_name="/edit_video", **{**TINY_EDIT, **extra},
         )
-        assert result.endswith(".mp4")
-        frames, size, fps = read_mp4(result)
-        assert (frames, size, fps) == (8, (64, 64), 8.0)
-        record = json.loads((server.output_dir / Path(result).with_suffix(".json").name).read_text())
+        assert video.endswith(".mp4") and settings_json.endswith(".json")
+        assert read_mp4(video) == (8, (64, 64), 8.0)
+        record = json.loads(Path(settings_json).read_text())
+        assert record["output"] == Path(video).name and (server.output_dir / record["output"]).is_file()
         return record
 
     first = edit()
     assert first["inversion_from_cache"] is False and first["unet_calls"]["inversion"] == 10
     assert first["settings"]["tau_conv"] == 0.2 and first["prompt"] == PROMPT
-    second = edit(tau_conv=1.0, tau_sa=1.0, tau_ta=1.0)
+    # end_time instead of a frame count (1 s at 8 fps = the same 8 frames), and keep_audio (the clip has audio).
+    second = edit(tau_conv=1.0, tau_sa=1.0, tau_ta=1.0, frames=None, end_time=1.0, keep_audio=True)
     assert second["inversion_from_cache"] is True and second["unet_calls"]["inversion"] == 0
     assert second["output"] != first["output"]  # unique names, nothing overwritten
-    assert second["settings"]["tau_conv"] == 1.0
+    assert second["settings"]["tau_conv"] == 1.0 and second["settings"]["keep_audio"] is True
+    # No preview files for API calls: only the results (and their candidates) are written.
+    assert not list((server.output_dir / "clips").glob("*"))
 
 
 def test_cancel_stops_the_engine_between_steps(client, server):
@@ -391,4 +241,11 @@ def test_edit_video_errors_are_actionable(client, server, tmp_path):
     with pytest.raises(AppError, match="inversion_steps"):
         client.predict(video=handle_file(str(CLIP)), edited_frame=handle_file(str(EDITED)), prompt=PROMPT,
                        api_name="/edit_video", **{**TINY_EDIT, "inversion_steps": 7})
+    noise = tmp_path / "noise.png"
+    noise.write_bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    for frame in (noise, CLIP):
+        with pytest.raises(AppError, match=rf"{frame.name} is not a readable image") as info:
+            client.predict(video=handle_file(str(CLIP)), edited_frame=handle_file(str(frame)), prompt=PROMPT,
+                           api_name="/edit_video", **TINY_EDIT)
+        assert "show_error" not in str(info.value)
     assert "unexpected error" not in server.log()

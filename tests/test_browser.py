@@ -69,6 +69,26 @@ def set_number(page, elem_id: str, value: int) -> None:
     raise AssertionError(f"#{elem_id} did not keep the value {value} (shows {box.input_value()!r})")
 
 
+def choose(page, elem_id: str, value: int) -> None:
+    """Pick a value of a dropdown by typing it and pressing Enter, as a user does; check it stuck."""
+    box = page.locator(f"#{elem_id} input").first
+    box.click()
+    box.fill(str(value))
+    page.get_by_role("option", name=str(value), exact=True).first.click()
+    page.wait_for_timeout(300)
+    assert box.input_value() == str(value), box.input_value()
+
+
+def prepare_small_clip(page) -> None:
+    set_number(page, "frames", TINY_EDIT["frames"])
+    set_number(page, "width", TINY_EDIT["width"])
+    set_number(page, "height", TINY_EDIT["height"])
+    page.locator("#source-video input[type=file]").set_input_files(str(CLIP))
+    from playwright.sync_api import expect
+
+    expect(page.locator("#clip-info")).to_contain_text("8 frames at 8 fps", timeout=60_000)
+
+
 # Resolves to "ok" once the output video has a duration, or to the text of an error toast.
 WAIT_FOR_RESULT_JS = """() => {
     const video = document.querySelector('#output-video video');
@@ -90,7 +110,7 @@ def test_upload_edit_with_manual_frame_and_play_result(page, server, tmp_path):
     # Small settings first (step 3's advanced ones too), so the upload prepares the small clip.
     page.get_by_text("Advanced settings").click()
     set_number(page, "steps", TINY_EDIT["steps"])
-    set_number(page, "inversion-steps", TINY_EDIT["inversion_steps"])
+    choose(page, "inversion-steps", TINY_EDIT["inversion_steps"])  # only valid values are offered
     set_number(page, "frames", TINY_EDIT["frames"])
     set_number(page, "width", TINY_EDIT["width"])
     set_number(page, "height", TINY_EDIT["height"])
@@ -137,3 +157,68 @@ def test_bad_upload_shows_an_error_message(page, tmp_path):
     page.screenshot(path=str(tmp_path / "bad-upload.png"))
     assert "Traceback" not in page.content()
     expect(page.locator("#first-frame img")).to_have_count(0)  # nothing stale from a previous clip
+
+
+def test_rgba_manual_upload_keeps_the_source_in_its_transparent_area(page, server, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    from editors import get_editor
+
+    prepare_small_clip(page)
+    painted = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    painted.paste((0, 255, 0, 255), (0, 0, 64, 20))  # paint the top only; the rest stays transparent
+    path = tmp_path / "top-only.png"
+    painted.save(path)
+    page.get_by_role("tab", name=get_editor("manual").title).click()
+    page.locator("#manual-image input[type=file]").set_input_files(str(path))
+    expect(page.locator("#manual-image img")).to_be_visible()
+    page.locator("#manual-run").click()
+    expect(page.locator("#frame-status")).to_contain_text("Using this frame", timeout=60_000)
+    (result,) = sorted((server.output_dir / "frames").glob("first-frame-manual-*.png"), key=lambda p: p.stat().st_mtime)[-1:]
+    source = sorted((server.output_dir / "clips").glob("first-frame-*.png"), key=lambda p: p.stat().st_mtime)[-1]
+    edited = np.asarray(Image.open(result).convert("RGB"), dtype=int)
+    original = np.asarray(Image.open(source).convert("RGB"), dtype=int)
+    assert (edited[:20] == [0, 255, 0]).all()
+    assert np.abs(edited[20:] - original[20:]).max() <= 1  # the source frame, not black or white
+
+
+def test_corrupt_edited_frame_shows_a_readable_message(page, tmp_path):
+    from playwright.sync_api import expect
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(2000))
+    page.locator("#edited-frame input[type=file]").set_input_files(str(bad))
+    toast = page.locator(".toast-body").filter(has_text="is not a readable image")
+    expect(toast.first).to_be_visible(timeout=60_000)
+    expect(toast.first).to_contain_text("broken.png")
+    assert "show_error" not in toast.first.inner_text()
+    page.screenshot(path=str(tmp_path / "corrupt-frame.png"))
+
+
+def test_phone_width_no_horizontal_scroll_tabs_reachable_and_examples(browser, server, tmp_path):
+    from playwright.sync_api import expect
+
+    import editors
+
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1, is_mobile=True,
+                                  has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(server.url)
+        page.wait_for_selector("#source-video input[type=file]", state="attached")
+        page.wait_for_timeout(1000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        for editor in editors.available_editors().values():  # every tab is a visible button, none in a menu
+            expect(page.get_by_role("tab", name=editor.title)).to_be_visible()
+        # An example fills in everything (small settings on this CPU server) and prepares its clip.
+        page.locator("#examples .thumbnail-item").first.click()
+        expect(page.locator("#clip-info")).to_contain_text("8 frames at 8 fps", timeout=90_000)
+        expect(page.locator("#edited-frame img")).to_be_visible()
+        assert page.locator("#prompt textarea").input_value()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    finally:
+        context.close()
