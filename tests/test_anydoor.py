@@ -876,6 +876,6 @@ def test_app_api_subject_edit_then_video(tiny_anydoor: Path, tmp_path_factory) -
         assert len(boxed) == 1 and len(painted) == 1
         a, b = (np.asarray(Image.open(p).convert("RGB")) for p in (boxed[0], painted[0]))
         assert a.shape == (64, 64, 3) and np.array_equal(a, b)  # the same region, given two ways
-        video = client.predict(video=handle_file(str(CLIP)), edited_frame=handle_file(boxed[0]), prompt=PROMPT,
-                               api_name="/edit_video", **TINY_EDIT)
-        assert read_mp4(video) == (8, (64, 64), 8.0)
+        video, settings = client.predict(video=handle_file(str(CLIP)), edited_frame=handle_file(boxed[0]),
+                                         prompt=PROMPT, api_name="/edit_video", **TINY_EDIT)
+        assert read_mp4(video) == (8, (64, 64), 8.0) and Path(settings).suffix == ".json"
