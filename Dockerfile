@@ -24,6 +24,9 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
  && /opt/venv/bin/pip install -r /app/requirements.txt
 ENV PATH=/opt/venv/bin:$PATH
+# rembg's first import compiles pymatting's numba code (minutes on a small CPU); do it once here, as root, so the
+# compiled cache lands in the image where the non-root user can read it.
+RUN python -c "import rembg"
 
 # A non-root user (uid 1000, as Hugging Face Docker Spaces expect); the code stays root-owned and read-only.
 RUN (userdel --remove ubuntu 2>/dev/null || true) \
