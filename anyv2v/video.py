@@ -100,7 +100,7 @@ def read_video(
             limit = float(container.duration / av.time_base)
         if frames:
             limit = min(limit, start_time + (frames - 1) / fps + 1e-6)
-        if limit - start_time > MAX_DECODE_SECONDS and not frames:
+        if not frames and math.isfinite(limit) and limit - start_time > MAX_DECODE_SECONDS:
             raise VideoError(
                 f"the requested clip is {limit - start_time:.0f} s long; the limit is {MAX_DECODE_SECONDS:.0f} s. "
                 "Set an end time or a frame count."
