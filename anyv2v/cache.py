@@ -24,9 +24,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import AnyV2VError
-from .files import PART_SUFFIX, atomic_output
+from .files import FILE_MODE, PART_SUFFIX, atomic_output
 
 CACHE_FORMAT = 1
+SPACE_MARGIN = 64 << 20  # bytes kept free beyond an entry, for the safetensors header and other writers
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MB" if nbytes < 10 * 2**20 else f"{nbytes / 2**20:.0f} MB"
 
 
 @dataclass
@@ -78,7 +83,9 @@ class InversionCache:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "a+") as lock:
+        # O_NOFOLLOW: a symlink planted at .lock is refused (ELOOP) instead of opening (and creating) its target.
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        with os.fdopen(fd, "r+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -101,13 +108,21 @@ class InversionCache:
         """Fail before a long inversion when its result could not be stored."""
         if not self.enabled:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.directory).free
-        if free < nbytes + (64 << 20):
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.directory).free
+        except OSError as exc:
             raise AnyV2VError(
-                f"not enough disk space for the inversion cache in {self.directory}: it needs about "
-                f"{nbytes / 2**20:.0f} MB and {free / 2**20:.0f} MB are free. Free some space, choose another "
+                f"cannot use the inversion cache folder {self.directory}: {exc.strerror or exc}. Choose another "
                 "--cache-dir, or pass --cache-max-gb 0 to run without the cache."
+            ) from None
+        margin = SPACE_MARGIN
+        if free < nbytes + margin:
+            raise AnyV2VError(
+                f"not enough disk space for the inversion cache in {self.directory}: this inversion needs "
+                f"{_mb(nbytes)} plus a {_mb(margin)} safety margin ({_mb(nbytes + margin)} in all) and "
+                f"{_mb(free)} are free. Free some space, choose another --cache-dir, or pass --cache-max-gb 0 "
+                "to run without the cache."
             )
 
     def put(self, inversion: Inversion, metadata: dict | None = None) -> bool:

@@ -14,6 +14,8 @@ from typing import Any
 from .config import PRESETS, EditConfig, preset_config
 from .errors import AnyV2VError, ConfigError
 
+OOM_ADVICE = "lower the frame count or the size, or turn on CPU offload (--frames, --size, --cpu-offload)."
+
 # CLI flag -> EditConfig field, for flags that override a config file or preset.
 _OVERRIDES = (
     "model", "tau_conv", "tau_sa", "tau_ta", "start_index", "steps", "inversion_steps", "guidance",
@@ -204,8 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--video", required=True, help="source video (mp4, mov, webm, avi, mkv, gif)")
     edit.add_argument("--edited-frame", required=True, help="the edited first frame (PNG/JPEG)")
     edit.add_argument("--prompt", required=True, help="caption of the edited video (not an instruction)")
-    edit.add_argument("--out", required=True, help="output .mp4 (a .json of settings is written beside it)")
-    edit.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    edit.add_argument(
+        "--out",
+        help="output .mp4, a .json of settings beside it (default: outputs/<video name>-edit-<8 hex>.mp4)",
+    )
+    edit.add_argument("--overwrite", action="store_true", help="replace an existing output (never done otherwise)")
     _add_config_flags(edit)
     edit.set_defaults(func=cmd_edit)
 
@@ -261,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written.", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"error: out of memory; {OOM_ADVICE}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the disk or the file system refused (full, read-only, permissions)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: the file system refused: {exc.strerror or exc}{where}; nothing was written.", file=sys.stderr)
+        return 1
     except Exception as exc:  # an unexpected failure: one line unless --verbose
         if args.verbose:
             raise

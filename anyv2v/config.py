@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,12 @@ DEFAULT_NEGATIVE_PROMPT = (
     "disconnected limbs, Ugly faces, incomplete arms"
 )
 RESIZE_MODES = ("crop", "keep_aspect")
+MAX_STEPS = 1000  # the model's training timesteps (I2VGen-XL: 1000); a model's own limit is checked on load too
+MAX_SEED = 2**32 - 1
+MAX_GUIDANCE = 100.0
+MAX_START_SECONDS = 24 * 3600.0
+MAX_CACHE_GB = 1e6
+DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d+)?")
 
 
 def default_cache_dir() -> str:
@@ -26,6 +34,57 @@ def default_cache_dir() -> str:
         return base
     xdg = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
     return os.path.join(xdg, "anyv2v", "inversions")
+
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false"}
+
+
+def check_types(config: Any) -> None:
+    """Each field holds its declared type (YAML gives strings, lists, bools...): ConfigError otherwise.
+
+    Numbers must be finite; whole numbers may come as 8.0 (a float that is whole).
+    """
+    for spec in fields(config):
+        declared = str(spec.type).replace(" ", "")
+        optional = declared.endswith("|None")
+        kind = declared.removesuffix("|None")
+        if kind not in _TYPE_WORDS:
+            continue
+        value = getattr(config, spec.name)
+        if value is None and optional:
+            continue
+        words = _TYPE_WORDS[kind] + (" (or empty)" if optional else "")
+        if kind in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{spec.name} must be {words}, got {value!r} ({type(value).__name__}).")
+            if not math.isfinite(value):
+                raise ConfigError(f"{spec.name}={value} is not a finite number; give {words}.")
+            if kind == "int" and not float(value).is_integer():
+                raise ConfigError(f"{spec.name}={value} must be a whole number.")
+        elif not isinstance(value, str if kind == "str" else bool):
+            raise ConfigError(f"{spec.name} must be {words}, got {value!r} ({type(value).__name__}).")
+
+
+def _number_text(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _in_range(name: str, value: float, low: float, high: float, unit: str = "") -> None:
+    if not low <= value <= high:
+        low_text, high_text = _number_text(low), _number_text(high)
+        raise ConfigError(
+            f"{name}={_number_text(value)}{unit} is outside [{low_text}, {high_text}]; "
+            f"use a value from {low_text} to {high_text}{unit}."
+        )
+
+
+def _whole_numbers(config: "EditConfig") -> "EditConfig":
+    """Whole floats in int fields (8.0 from a YAML file or a UI) become ints."""
+    changes = {
+        spec.name: int(value)
+        for spec in fields(config)
+        if str(spec.type) == "int" and isinstance(value := getattr(config, spec.name), float) and value.is_integer()
+    }
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 @dataclass
@@ -43,7 +102,7 @@ class EditConfig:
     start_time: float = 0.0  # seconds into the source video
     width: int = 512
     height: int = 512
-    resize_mode: str = "crop"  # "crop": scale and center-crop; "keep_aspect": longest side, multiples of 64
+    resize_mode: str = "crop"  # "crop": scale and center-crop; "keep_aspect": longest side, multiples of 8
     keep_audio: bool = False
     # inversion
     inversion_steps: int = 500
@@ -62,20 +121,17 @@ class EditConfig:
     decode_chunk_size: int = 4
 
     def validate(self) -> "EditConfig":
-        """Raise ConfigError naming the first bad setting; return self for chaining."""
+        """Raise ConfigError naming the first bad setting and its allowed range; return self for chaining."""
+        check_types(self)
         for name in ("tau_conv", "tau_sa", "tau_ta", "random_ratio"):
-            value = getattr(self, name)
-            if not 0.0 <= float(value) <= 1.0:
-                raise ConfigError(f"{name}={value} is outside [0, 1]; use a value between 0 and 1.")
-        if self.steps < 1:
-            raise ConfigError(f"steps={self.steps} must be at least 1.")
+            _in_range(name, getattr(self, name), 0.0, 1.0)
+        _in_range("steps", self.steps, 1, MAX_STEPS)
         if not 0 <= self.start_index < self.steps:
             raise ConfigError(
                 f"start_index={self.start_index} is past the {self.steps}-step schedule; "
                 f"use a value from 0 to {self.steps - 1}."
             )
-        if self.inversion_steps < 1:
-            raise ConfigError(f"inversion_steps={self.inversion_steps} must be at least 1.")
+        _in_range("inversion_steps", self.inversion_steps, 1, MAX_STEPS)
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f"resize_mode={self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}.")
         for name in ("width", "height"):
@@ -90,16 +146,19 @@ class EditConfig:
             raise ConfigError(f"frames={self.frames} must be between 2 and 512 (or 0 for the whole clip).")
         if not 1 <= self.fps <= 60:
             raise ConfigError(f"fps={self.fps} must be between 1 and 60.")
-        if self.start_time < 0:
-            raise ConfigError(f"start_time={self.start_time} must not be negative.")
-        if self.guidance < 0:
-            raise ConfigError(f"guidance={self.guidance} must not be negative.")
+        _in_range("start_time", self.start_time, 0.0, MAX_START_SECONDS, unit=" s")
+        _in_range("guidance", self.guidance, 0.0, MAX_GUIDANCE)
+        _in_range("seed", self.seed, 0, MAX_SEED)
         if self.dtype not in (None, "float16", "bfloat16", "float32"):
             raise ConfigError(f"dtype={self.dtype!r} must be float16, bfloat16 or float32.")
-        if self.cache_max_gb < 0:
-            raise ConfigError(f"cache_max_gb={self.cache_max_gb} must not be negative.")
-        if self.decode_chunk_size < 1:
-            raise ConfigError(f"decode_chunk_size={self.decode_chunk_size} must be at least 1.")
+        if self.device is not None and not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"device={self.device!r} is not a device this engine runs on; use cpu, cuda or cuda:N.")
+        _in_range("cache_max_gb", self.cache_max_gb, 0.0, MAX_CACHE_GB)
+        _in_range("decode_chunk_size", self.decode_chunk_size, 1, 512)
+        if not self.model.strip():
+            raise ConfigError("model is empty; give a hub id (default ali-vilab/i2vgen-xl) or a local folder.")
+        if not self.cache_dir.strip():
+            raise ConfigError("cache_dir is empty; give a folder for the inversion cache.")
         return self
 
     def replace(self, **changes: Any) -> "EditConfig":
@@ -114,7 +173,9 @@ class EditConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-        return cls(**data)
+        config = cls(**data)
+        check_types(config)
+        return _whole_numbers(config)
 
     def save_yaml(self, path: str | os.PathLike) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -126,15 +187,25 @@ class EditConfig:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist.") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise ConfigError(f"config file {path} cannot be read: {reason}.") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of setting: value.")
         preset = data.pop("preset", None)
+        if preset is not None and not isinstance(preset, str):
+            raise ConfigError(f"config file {path}: preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
         if base is None:
             base = preset_config(preset) if preset else cls()
-        cls.from_dict({**base.to_dict(), **data})  # rejects unknown keys
-        return base.replace(**data)
+        bad_keys = [key for key in data if not isinstance(key, str)]
+        if bad_keys:
+            raise ConfigError(f"config file {path}: setting names must be text, got {bad_keys[0]!r}.")
+        try:
+            return cls.from_dict({**base.to_dict(), **data})  # rejects unknown keys and wrong types
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -7,20 +7,44 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import OutOfMemoryError
+from .errors import ConfigError, OutOfMemoryError
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def resolve_device(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
-    """CUDA with float16 when present, else CPU with float32; either can be overridden."""
+    """CUDA with float16 when present, else CPU with float32; either can be overridden.
+
+    A device that is not a name, not supported, or not present raises ConfigError saying what is available.
+    """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not a device name; use cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {device} was requested but no CUDA GPU is available to this torch build "
+                f"({torch.__version__}); use --device cpu."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}."
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device mps was requested but Apple's MPS is not available here; use --device cpu.")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {device!r} is not supported; use cpu, cuda or cuda:N.")
     if dtype is None:
         torch_dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    else:
+    elif dtype in _DTYPES:
         torch_dtype = _DTYPES[dtype]
+    else:
+        raise ConfigError(f"dtype {dtype!r} must be float16, bfloat16 or float32.")
     return dev, torch_dtype
 
 

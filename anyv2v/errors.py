@@ -23,3 +23,7 @@ class OutOfMemoryError(AnyV2VError):
 
 class CancelledError(AnyV2VError):
     """The user cancelled a running job."""
+
+
+class OutputError(AnyV2VError):
+    """An output cannot be written: the folder is not writable, or the name is taken."""

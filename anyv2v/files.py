@@ -1,14 +1,37 @@
-"""Atomic output files: written beside their final name and published in one step, never half-written."""
+"""Output files: written beside their final name and published in one step, never half-written, never replacing
+a file by accident; modes follow the process umask; names derived from the source, sanitised and unique."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import OutputError
+
 PART_SUFFIX = ".part"
+
+
+def _read_umask() -> int:
+    """The process umask. Linux reports it in /proc without changing it, which is safe with threads running;
+    elsewhere it is read by setting and restoring it, once, at import (before a server starts its threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+# Mode of every published output and cache file: what open() would give, so a private folder stays private.
+FILE_MODE = 0o666 & ~UMASK
 
 
 @contextlib.contextmanager
@@ -16,7 +39,8 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[s
     """Yield a temp file name beside `path`; when the block succeeds, publish it as `path`.
 
     On any failure the temp file is removed and `path` is untouched. Without `overwrite` the publish is a hard
-    link, which raises FileExistsError if the name was taken meanwhile, so an existing file is never replaced.
+    link (then the temp name is removed), which raises FileExistsError if the name was taken meanwhile, even
+    by another process, so an existing file is never replaced.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,9 +48,8 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[s
     os.close(fd)
     try:
         yield tmp
-        # mkstemp makes the file private; an output is an ordinary file. A fixed mode (not the umask, which
-        # can only be read by changing it) keeps this safe in a threaded server.
-        os.chmod(tmp, 0o644)
+        # mkstemp makes the file private (0600); an output gets the mode the umask gives new files.
+        os.chmod(tmp, FILE_MODE)
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -41,3 +64,32 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[s
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def check_output_dir(directory: str | os.PathLike) -> Path:
+    """Create `directory` if needed and prove a file can be written there, before any long work starts."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"cannot write outputs to {directory}: it is a file, not a folder.")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", suffix=PART_SUFFIX, dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write outputs to {directory}: {exc.strerror or exc}; choose a folder you can write to."
+        ) from None
+    return directory
+
+
+def safe_stem(name: str | os.PathLike, max_length: int = 40) -> str:
+    """A file name's stem reduced to ASCII letters, digits, '-' and '_' (runs of anything else become '-')."""
+    stem = Path(str(name)).stem
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-_")[:max_length].strip("-_")
+    return cleaned or "video"
+
+
+def derived_output_path(directory: str | os.PathLike, source: str | os.PathLike, tag: str = "edit", suffix: str = ".mp4") -> Path:
+    """`<directory>/<sanitised source stem>-<tag>-<8 hex>.<suffix>`, e.g. outputs/kitten-edit-1a2b3c4d.mp4."""
+    return Path(directory) / f"{safe_stem(source)}-{tag}-{uuid.uuid4().hex[:8]}{suffix}"

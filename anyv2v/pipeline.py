@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -12,18 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from safetensors import SafetensorError
 
 from . import __version__
-from .backbone import Backbone, BackboneCache, load_scheduler_config
+from .backbone import Backbone, BackboneCache, load_scheduler_config, looks_like_path
 from .cache import Inversion, InversionCache, inversion_key
 from .config import EditConfig
-from .device import dtype_name, oom_guard
-from .errors import AnyV2VError
+from .device import dtype_name, oom_guard, resolve_device
+from .errors import AnyV2VError, OutputError
 from .inversion import ProgressCallback, StopCheck, check_stop, invert
 from .sampler import SamplingSettings, sample
 from .schedule import check_inversion_steps
-from .files import atomic_output
-from .video import MAX_FRAMES, Clip, frame_fitter, load_image, prepare_edited_frame, read_video, write_video
+from .files import atomic_output, check_output_dir, derived_output_path
+from .video import (
+    MAX_FRAMES, Clip, frame_fitter, load_image, prepare_edited_frame, read_video, write_video,
+)
+
+logger = logging.getLogger(__name__)
 
 OOM_ADVICE = "lower the frame count or the size, or turn on CPU offload (CLI: --frames, --size, --cpu-offload), then try again."
 
@@ -69,6 +75,12 @@ def prepare_clip(video: str | os.PathLike, config: EditConfig, max_frames: int =
         video, frames=config.frames, fps=config.fps, start_time=config.start_time, max_frames=max_frames,
         fit=frame_fitter(config.width, config.height, config.resize_mode),
     )
+    if config.resize_mode == "keep_aspect":
+        (src_w, src_h), (width, height) = clip.source_size, clip.frames[0].size
+        clip.notes.append(
+            f"keep_aspect: the {src_w}x{src_h} source (aspect {src_w / src_h:.3f}) is worked on at {width}x{height} "
+            f"(aspect {width / height:.3f}; sides are multiples of 8)"
+        )
     return PreparedClip(clip.frames, clip)
 
 
@@ -98,8 +110,13 @@ def get_inversion(
     unet_calls: Counter,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[Inversion, bool]:
-    """The clip's inversion from the cache, or computed (and stored). Returns (inversion, from_cache)."""
+    """The clip's inversion from the cache, or computed (and stored). Returns (inversion, from_cache).
+
+    When the cache cannot store the result (disk full while writing), a warning goes to `notes` and the
+    inversion is still returned.
+    """
     settings = inversion_settings(config, clip)
     key = inversion_key(clip.frames, backbone.fingerprint(), {**settings, "dtype": dtype_name(backbone.dtype)})
     cached = cache.get(key)
@@ -113,21 +130,43 @@ def get_inversion(
     inversion = invert(
         backbone, clip.frames, config.inversion_steps, config.fps, config.seed, key, unet_calls, progress, should_stop
     )
-    cache.put(inversion, {"model": backbone.model_id, **settings})
+    try:
+        cache.put(inversion, {"model": public_model_name(backbone.model_id), **settings})
+    except (OSError, SafetensorError) as exc:  # e.g. the disk filled up while writing: the edit goes on
+        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        message = f"the inversion could not be saved to the cache ({reason}); the edit went on without caching it"
+        logger.warning(message)
+        if notes is not None:
+            notes.append(message)
     return inversion, False
 
 
-def output_paths(out: str | os.PathLike | None, overwrite: bool, output_dir: str | os.PathLike | None = None) -> Path:
-    """Where the mp4 goes: the user's path (never replacing a file unless told) or a unique new name."""
-    if out is None:
-        from .video import unique_path
+def public_model_name(model: str) -> str:
+    """What a downloadable record says about the model: a hub id as is, a local folder by its name only."""
+    if looks_like_path(model) or os.path.isdir(model):
+        return os.path.basename(os.path.normpath(os.path.expanduser(model))) or "model"
+    return model
 
-        return unique_path(output_dir or "outputs", "anyv2v", ".mp4")
+
+def output_paths(
+    out: str | os.PathLike | None,
+    overwrite: bool,
+    output_dir: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = None,
+) -> Path:
+    """Where the mp4 goes: the user's path (never replacing a file unless told) or a new name derived from the
+    source (`outputs/kitten-edit-1a2b3c4d.mp4`). The folder is created and checked writable here, before work."""
+    if out is None:
+        directory = check_output_dir(output_dir or "outputs")
+        return derived_output_path(directory, source or "video", "edit", ".mp4")
     path = Path(out)
     if path.suffix.lower() != ".mp4":
-        raise AnyV2VError(f"output {path} must end in .mp4.")
+        raise OutputError(f"output {path} must end in .mp4.")
+    if path.is_dir():
+        raise OutputError(f"output {path} is a folder; give a file name ending in .mp4.")
     if not overwrite and (path.exists() or path.with_suffix(".json").exists()):
-        raise AnyV2VError(f"{path} (or its .json) already exists; choose another --out or pass --overwrite.")
+        raise OutputError(f"{path} (or its .json) already exists; choose another --out or pass --overwrite.")
+    check_output_dir(path.parent)
     return path
 
 
@@ -160,7 +199,8 @@ def run_edit(
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise AnyV2VError("the prompt is empty; describe the edited video (a caption, e.g. 'a dog turning its head').")
-    out_path = output_paths(out, overwrite, output_dir)
+    resolve_device(config.device, config.dtype)  # an unknown or absent device fails before any work
+    out_path = output_paths(out, overwrite, output_dir, source=video)
     scheduler_config = load_scheduler_config(config.model)
     check_inversion_steps(scheduler_config, config.steps, config.inversion_steps)
 
@@ -175,7 +215,9 @@ def run_edit(
         lap("load")
         cache = InversionCache(config.cache_dir, int(config.cache_max_gb * 2**30))
         inversion_calls: Counter = Counter()
-        inversion, from_cache = get_inversion(backbone, clip, config, cache, inversion_calls, progress, should_stop)
+        inversion, from_cache = get_inversion(
+            backbone, clip, config, cache, inversion_calls, progress, should_stop, notes=notes
+        )
         lap("inversion")
         sampling_calls: Counter = Counter()
         settings = SamplingSettings.from_config(config, prompt)
@@ -192,19 +234,33 @@ def run_edit(
     if config.keep_audio and not clip.clip.has_audio:
         notes.append("the source video has no audio track; the output is silent")
     check_stop(should_stop)
-    write_video(frames, out_path, config.fps, audio_source=audio, audio_start=clip.clip.start_time)
+    taken = f"{out_path} (or its .json) was created by something else during the edit; choose another --out or pass --overwrite."
+    try:
+        write_video(
+            frames, out_path, config.fps, audio_source=audio, audio_start=clip.clip.start_time, overwrite=overwrite
+        )
+    except FileExistsError:
+        raise OutputError(taken) from None
     lap("write")
     unet_calls = {
         "inversion": sum(inversion_calls.values()),
         "sampling": {str(batch): calls for batch, calls in sorted(sampling_calls.items(), reverse=True)},
     }
+    # The record is downloadable: no server paths (model and cache by name), the device and dtype actually used.
+    settings_record = config.to_dict()
+    settings_record.update(
+        model=public_model_name(config.model),
+        cache_dir=os.path.basename(os.path.normpath(config.cache_dir)),
+        device=str(backbone.device),
+        dtype=dtype_name(backbone.dtype),
+    )
     record = {
         "output": out_path.name,
         "video": os.path.basename(str(video)),
         "prompt": prompt,
-        "settings": config.to_dict(),
+        "settings": settings_record,
         "seed": config.seed,
-        "model": config.model,
+        "model": public_model_name(config.model),
         "device": str(backbone.device),
         "dtype": dtype_name(backbone.dtype),
         "frames": len(frames),
@@ -218,9 +274,11 @@ def run_edit(
     }
     json_path = out_path.with_suffix(".json")
     try:
-        write_json_atomic(json_path, record)
-    except BaseException:
-        out_path.unlink(missing_ok=True)  # no video without its record
+        write_json_atomic(json_path, record, overwrite=overwrite)
+    except BaseException as exc:
+        out_path.unlink(missing_ok=True)  # no video without its record (the video was published by us just now)
+        if isinstance(exc, FileExistsError):
+            raise OutputError(taken) from None
         raise
     return EditResult(
         video_path=out_path,
@@ -249,6 +307,8 @@ def versions() -> dict[str, str]:
     }
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    with atomic_output(path) as tmp, open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2)
+def write_json_atomic(path: Path, data: dict, overwrite: bool = True) -> None:
+    """Strict JSON (NaN or Infinity raise ValueError rather than write what JSON readers reject)."""
+    text = json.dumps(data, indent=2, allow_nan=False)
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w") as handle:
+        handle.write(text)

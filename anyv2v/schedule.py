@@ -59,6 +59,10 @@ def _ranges(values: list[int]) -> str:
 
 def check_inversion_steps(config: dict, steps: int, inversion_steps: int) -> None:
     """Raise ConfigError listing the values that work when the inversion would miss a sampling timestep."""
+    total = int(config.get("num_train_timesteps", 1000))
+    for name, value in (("steps", steps), ("inversion_steps", inversion_steps)):
+        if not 1 <= value <= total:
+            raise ConfigError(f"{name}={value} is outside [1, {total}]: the model was trained with {total} timesteps.")
     needed = sampling_timesteps(config, steps)
     if _covers(make_scheduler(config, inverse=True), inversion_steps, set(needed)):
         return

@@ -5,6 +5,7 @@ All frames are RGB PIL images. Every function raises VideoError with one line a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 import os
@@ -99,7 +100,7 @@ def read_video(
             limit = float(container.duration / av.time_base)
         if frames:
             limit = min(limit, start_time + (frames - 1) / fps + 1e-6)
-        if limit - start_time > MAX_DECODE_SECONDS and not frames:
+        if not frames and math.isfinite(limit) and limit - start_time > MAX_DECODE_SECONDS:
             raise VideoError(
                 f"the requested clip is {limit - start_time:.0f} s long; the limit is {MAX_DECODE_SECONDS:.0f} s. "
                 "Set an end time or a frame count."
@@ -118,13 +119,14 @@ def read_video(
         picked: list[Image.Image] = []
         last: av.VideoFrame | None = None
         last_taken: Image.Image | None = None
+        orientation: tuple[int, bool] | None = None  # from the first decoded frame; constant for a stream
 
         def take(frame: av.VideoFrame) -> Image.Image:
             # A decoded frame may cover several wanted times (source fps < fps): convert and fit it once.
             nonlocal last_taken
             if last_taken is None:
-                image = frame.to_image().convert("RGB")
-                last_taken = fit(image, (width, height)) if fit is not None else image
+                image = apply_orientation(frame.to_image().convert("RGB"), *orientation)
+                last_taken = fit(image, image.size) if fit is not None else image
             return last_taken
 
         last_time = -math.inf
@@ -134,6 +136,8 @@ def read_video(
             for frame in container.decode(stream):
                 t = float(frame.pts * frame.time_base) if frame.pts is not None else decoded / source_fps
                 decoded += 1
+                if orientation is None:
+                    orientation = display_orientation(frame, stream)
                 if t > limit + 0.5 / fps and (not frames or next_index >= len(wanted)):
                     break
                 # Emit every wanted time that lies before this frame: the previous frame covers it.
@@ -177,6 +181,13 @@ def read_video(
                 "a video edit needs at least 2 frames (use a longer clip, an earlier start or a higher fps)."
             )
         notes: list[str] = []
+        degrees, mirrored = orientation
+        if degrees or mirrored:
+            turn = {90: "90 degrees counter-clockwise", 180: "180 degrees", 270: "90 degrees clockwise"}.get(degrees)
+            done = " and ".join(part for part in (f"rotated {turn}" if turn else "", "mirrored" if mirrored else "") if part)
+            notes.append(f"the video's orientation metadata says to show it {done}; frames were read upright")
+        if degrees in (90, 270):
+            width, height = height, width
         if frames and len(picked) < frames:
             notes.append(
                 f"the clip has only {len(picked)} frames at {fps:g} fps from {start_time:g} s; "
@@ -196,19 +207,72 @@ def read_video(
         container.close()
 
 
+def display_orientation(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> tuple[int, bool]:
+    """(counter-clockwise degrees in 0/90/180/270, mirrored) that show `frame` upright.
+
+    From the frame's display matrix (how phones record portrait video), else the older `rotate` stream tag
+    (clockwise degrees).
+    """
+    for data in frame.side_data:
+        if "DISPLAYMATRIX" in str(data.type).upper():
+            raw = bytes(data)
+            if len(raw) >= 36:
+                return orientation_from_matrix(np.frombuffer(raw[:36], dtype=np.int32).tolist())
+    tag = (stream.metadata or {}).get("rotate")
+    if tag:
+        with contextlib.suppress(ValueError):
+            return int(round(-float(tag) / 90)) % 4 * 90, False
+    return 0, False
+
+
+def orientation_from_matrix(matrix: list[int]) -> tuple[int, bool]:
+    """Decompose an FFmpeg display matrix (3x3, 16.16 fixed point) into a rotation then a left-right mirror.
+
+    FFmpeg writes a counter-clockwise rotation as [cos, -sin; sin, cos] and a mirror by negating the first
+    column (av_display_matrix_flip), so a negative determinant means mirrored. Angles round to quarter turns.
+    """
+    a, b, c, d = (value / 65536.0 for value in (matrix[0], matrix[1], matrix[3], matrix[4]))
+    mirrored = a * d - b * c < 0
+    if mirrored:
+        a, c = -a, -c
+    if a == 0 and c == 0:
+        return 0, False  # not a rotation matrix: show as decoded
+    degrees = int(round(math.degrees(math.atan2(c, a)) / 90)) % 4 * 90
+    return degrees, mirrored
+
+
+_QUARTER_TURNS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
+def apply_orientation(image: Image.Image, degrees: int, mirrored: bool) -> Image.Image:
+    """Rotate counter-clockwise by `degrees` (a quarter turn multiple), then mirror left-right if asked."""
+    if degrees in _QUARTER_TURNS:
+        image = image.transpose(_QUARTER_TURNS[degrees])
+    if mirrored:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
 def _next_time(wanted: list[float], index: int, start: float, fps: float, frames: int) -> float | None:
     if frames:
         return wanted[index] if index < len(wanted) else None
     return start + index / fps
 
 
+SIZE_MULTIPLE = 8  # the VAE downsamples by 8: every working side is a multiple of it
+MIN_SIDE = 32
+
+
 def keep_aspect_size(source_size: tuple[int, int], longest_side: int) -> tuple[int, int]:
-    """Working size that keeps the source aspect: the longest side = `longest_side`, both multiples of 64."""
+    """Working size that keeps the source aspect: the longest side = `longest_side`, the other scaled to match,
+    both rounded to multiples of 8 (within 4 pixels of the true aspect; 320x240 at 128 gives 128x96)."""
     src_w, src_h = source_size
     scale = longest_side / max(src_w, src_h)
-    width = max(64, int(math.floor(src_w * scale / 64 + 0.5)) * 64)
-    height = max(64, int(math.floor(src_h * scale / 64 + 0.5)) * 64)
-    return width, height
+
+    def side(length: int) -> int:
+        return max(MIN_SIDE, int(math.floor(length * scale / SIZE_MULTIPLE + 0.5)) * SIZE_MULTIPLE)
+
+    return side(src_w), side(src_h)
 
 
 def working_size(source_size: tuple[int, int], width: int, height: int, resize_mode: str) -> tuple[int, int]:
@@ -251,9 +315,29 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             img.load()
             if img.width * img.height > MAX_SOURCE_PIXELS:
                 raise VideoError(f"image {path} is {img.width}x{img.height}; the limit is 4096x4096 pixels.")
-            return ImageOps.exif_transpose(img)
+            return to_8bit(ImageOps.exif_transpose(img))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
         raise VideoError(f"{path} is not a readable image ({type(exc).__name__}); use a PNG or JPEG file.") from None
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit gray (I;16), 32-bit integer (I) and float (F) images scaled to 8-bit L.
+
+    PIL's own convert("RGB") clips those to 255 (a 16-bit gray PNG turns white). 16-bit RGB(A) PNGs already
+    open as 8-bit RGB(A) (Pillow keeps the high byte) and pass through unchanged.
+    """
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image).astype(np.uint32)
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")
+    if image.mode == "I":  # usually 16-bit data widened; values above 255 say so
+        values = np.asarray(image).astype(np.int64).clip(0, 65535)
+        scaled = (values + 128) // 257 if values.max(initial=0) > 255 else values
+        return Image.fromarray(scaled.astype(np.uint8), "L")
+    if image.mode == "F":  # floats in [0, 1] (else taken as 0..255)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        scaled = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
+        return Image.fromarray(np.round(scaled.clip(0, 255)).astype(np.uint8), "L")
+    return image
 
 
 def prepare_edited_frame(
@@ -266,6 +350,7 @@ def prepare_edited_frame(
     """
     notes: list[str] = []
     size = source_frame.size
+    image = to_8bit(image)
     if image.size != size:
         aspect_in = image.width / image.height
         aspect_out = size[0] / size[1]
@@ -297,10 +382,13 @@ def write_video(
     audio_source: str | os.PathLike | None = None,
     audio_start: float = 0.0,
     crf: int = 18,
+    overwrite: bool = False,
 ) -> Path:
     """Write frames as browser-playable H.264 (yuv420p, faststart) mp4, atomically.
 
     With `audio_source`, its first audio stream from `audio_start` for the clip's duration is kept (AAC).
+    Without `overwrite` an existing `path` is never replaced: FileExistsError, even when the file appeared
+    while this one was being encoded.
     """
     path = Path(path)
     if isinstance(frames, np.ndarray):
@@ -311,7 +399,7 @@ def write_video(
     if width % 2 or height % 2:
         raise VideoError(f"H.264 needs an even width and height, got {width}x{height}.")
     rate = Fraction(fps).limit_denominator(1001)
-    with atomic_output(path) as tmp_name:
+    with atomic_output(path, overwrite=overwrite) as tmp_name:
         with av.open(tmp_name, mode="w", format="mp4", options={"movflags": "faststart"}) as out:
             vstream = out.add_stream("libx264", rate=rate)
             vstream.width, vstream.height = width, height

@@ -285,7 +285,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return 130
+    except OSError as exc:  # the disk or the file system refused (full, read-only, permissions)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: the file system refused: {exc.strerror or _one_line(exc)}{where}.", file=sys.stderr)
+    except Exception as exc:  # never a traceback: a library failure becomes one line with what to check
+        print(f"error: {_failure_line(args, exc)}", file=sys.stderr)
     return 1
+
+
+def _failure_line(args: argparse.Namespace, exc: BaseException) -> str:
+    detail = _one_line(exc)
+    if len(detail) > 300:
+        detail = detail[:300] + "..."
+    detail = f"{type(exc).__name__}: {detail}"
+    editor = getattr(args, "editor", None)
+    if args.command == "run" and getattr(args, "model", None):
+        return (
+            f"the {editor} editor could not run with model {args.model} ({detail}); check that this is a model "
+            f"for the {editor} editor (`python -m editors list` shows the expected one)."
+        )
+    if editor:
+        return f"the {editor} editor failed ({detail})."
+    return f"{args.command} failed ({detail})."
 
 
 if __name__ == "__main__":

@@ -105,10 +105,73 @@ def test_rgba_and_odd_sized_edited_frame_is_fitted_and_reported(run_cli, tmp_pat
         (["--inversion-steps", "7"], "use inversion_steps in: 10, 20, 39-40"),
         (["--inversion-steps", "1000", "--steps", "50"], "use inversion_steps in: 50, 99-100"),
         (["--frames", "600"], "frames=600 must be between 2 and 512"),
+        (["--guidance", "nan"], "guidance=nan is not a finite number"),
+        (["--guidance", "1e9"], "guidance=1e+09 is outside [0, 100]"),
+        (["--start-time", "inf"], "start_time=inf is not a finite number"),
+        (["--cache-max-gb", "nan"], "cache_max_gb=nan is not a finite number"),
+        (["--tau-sa", "nan"], "tau_sa=nan is not a finite number"),
+        (["--random-ratio=-inf"], "random_ratio=-inf is not a finite number"),
+        (["--seed", "4294967296"], "seed=4294967296 is outside [0, 4294967295]"),
+        (["--seed=-1"], "seed=-1 is outside [0, 4294967295]"),
+        (["--steps", "5000"], "steps=5000 is outside [1, 1000]"),
+        (["--inversion-steps", "1000000000"], "inversion_steps=1000000000 is outside [1, 1000]"),
+        (["--fps", "0"], "fps=0 must be between 1 and 60"),
+        (["--device", "tpu"], "device='tpu' is not a device this engine runs on; use cpu, cuda or cuda:N"),
+        (["--decode-chunk-size", "0"], "decode_chunk_size=0 is outside [1, 512]"),
     ],
 )
 def test_bad_settings(run_cli, flags, needle):
     assert_clean_failure(*run_cli(*flags), needle)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_absent_cuda_device(run_cli):
+    assert_clean_failure(*run_cli("--device", "cuda"), "no CUDA GPU is available", "--device cpu")
+
+
+@pytest.mark.parametrize(
+    "yaml_text, needle",
+    [
+        ("steps: ten\n", "steps must be a whole number, got 'ten' (str)"),
+        ("tau_conv: [1]\n", "tau_conv must be a number, got [1] (list)"),
+        ("keep_audio: maybe\n", "keep_audio must be true or false, got 'maybe'"),
+        ("seed: 1.5\n", "seed=1.5 must be a whole number"),
+        ("guidance: .nan\n", "guidance=nan is not a finite number"),
+        ("preset: 3\n", "preset must be one of paper, fast"),
+        ("- a list\n", "must hold a mapping"),
+        ("model: 12\n", "model must be text, got 12 (int)"),
+    ],
+)
+def test_bad_yaml_values(run_cli, tmp_path, yaml_text, needle):
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml_text)
+    assert_clean_failure(*run_cli("--config", str(config)), needle)
+
+
+def test_one_frame_video_says_an_edit_needs_two(run_cli, tmp_path):
+    import av
+
+    path = tmp_path / "one.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")),
+                       *stream.encode()]:
+            container.mux(packet)
+    assert_clean_failure(*run_cli(video=path), "one.mp4 gives only one frame", "a video edit needs at least 2 frames")
+
+
+def test_editors_cli_with_another_models_folder_prints_one_line(tiny_model, demo, tmp_path, capsys):
+    from editors.__main__ import main as editors_main
+
+    out = tmp_path / "frame.png"
+    code = editors_main(["run", "--editor", "instruct_pix2pix", "--model", str(tiny_model), "--image",
+                         str(demo / "edited" / "kitten__dog.png"), "--instruction", "make it a dog",
+                         "--width", "64", "--height", "64", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.splitlines() == [err] and err.startswith("error: ") and "Traceback" not in err
+    assert f"could not run with model {tiny_model}" in err and "model for the instruct_pix2pix editor" in err
+    assert not out.exists()
 
 
 def test_existing_output_is_never_replaced(run_cli, tmp_path):
@@ -125,7 +188,10 @@ def test_not_enough_disk_for_the_cache(run_cli, monkeypatch):
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1024))
-    assert_clean_failure(*run_cli(), "not enough disk space for the inversion cache", "--cache-max-gb 0")
+    assert_clean_failure(
+        *run_cli(), "not enough disk space for the inversion cache", "plus a 64 MB safety margin", "0.0 MB are free",
+        "--cache-max-gb 0",
+    )
 
 
 def test_out_of_memory_says_what_to_lower(run_cli, monkeypatch):

@@ -73,8 +73,9 @@ def test_mismatched_frames_fail_without_leaving_a_file(tmp_path):
 def test_fitting_matches_for_frames_and_uploads():
     wide = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 160, 3), dtype=np.uint8))
     assert fit_frame(wide, (64, 64)).size == (64, 64)
-    assert keep_aspect_size((160, 90), 512) == (512, 320)
-    assert keep_aspect_size((90, 160), 512) == (320, 512)
+    assert keep_aspect_size((160, 90), 512) == (512, 288)  # 16:9 exactly
+    assert keep_aspect_size((90, 160), 512) == (288, 512)
+    assert keep_aspect_size((320, 240), 128) == (128, 96)  # 4:3 exactly (multiples of 64 gave 128x128)
     source = fit_frame(wide, (64, 64))
     fitted, notes = prepare_edited_frame(wide, source)
     assert np.array_equal(np.asarray(fitted), np.asarray(source))  # an upload is fitted exactly like a frame
