@@ -18,6 +18,7 @@ DEFAULT_NEGATIVE_PROMPT = (
     "disconnected limbs, Ugly faces, incomplete arms"
 )
 RESIZE_MODES = ("crop", "keep_aspect")
+MEMORY_MODES = ("auto", "on", "off")  # anyv2v.memory: bounded-memory options (same output)
 
 
 def default_cache_dir() -> str:
@@ -60,6 +61,8 @@ class EditConfig:
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     random_ratio: float = 0.0
     decode_chunk_size: int = 4
+    # memory: "auto" turns the bounded-memory options on only when the estimated peak exceeds the free memory
+    memory: str = "auto"
 
     def validate(self) -> "EditConfig":
         """Raise ConfigError naming the first bad setting; return self for chaining."""
@@ -98,6 +101,8 @@ class EditConfig:
             raise ConfigError(f"dtype={self.dtype!r} must be float16, bfloat16 or float32.")
         if self.cache_max_gb < 0:
             raise ConfigError(f"cache_max_gb={self.cache_max_gb} must not be negative.")
+        if self.memory not in MEMORY_MODES:
+            raise ConfigError(f"memory={self.memory!r} is not one of {', '.join(MEMORY_MODES)}.")
         if self.decode_chunk_size < 1:
             raise ConfigError(f"decode_chunk_size={self.decode_chunk_size} must be at least 1.")
         return self
