@@ -188,13 +188,17 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import make_real_size_model, make_tiny_model
+    from .tiny import MID_SIZE_UNET, make_real_size_model, make_tiny_model
 
     if os.path.exists(args.dir) and os.listdir(args.dir) and not args.overwrite:
         raise AnyV2VError(f"{args.dir} is not empty; choose a new folder or pass --overwrite.")
     if args.real_size:
         path = make_real_size_model(args.dir, seed=args.seed)
         print(f"wrote a random-weight I2VGen-XL with the hub model's real configs (fp16) to {path}")
+        return 0
+    if args.mid_size:
+        path = make_tiny_model(args.dir, seed=args.seed, unet_config=MID_SIZE_UNET)
+        print(f"wrote a mid-size random I2VGen-XL (21 M parameter UNet) to {path}")
         return 0
     path = make_tiny_model(args.dir, seed=args.seed)
     print(f"wrote a tiny random I2VGen-XL to {path}")
@@ -327,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--real-size", action="store_true",
         help="random weights with the hub model's real configs (1.42 B UNet, fp16, about 4.7 GB) for real-size bench runs",
     )
+    tiny.add_argument("--mid-size", action="store_true", help="a 21 M parameter UNet for CPU memory measurements")
     tiny.set_defaults(func=cmd_make_tiny_model)
 
     bench = sub.add_parser("bench", help="run one edit and print UNet calls, FLOPs, seconds and peak memory as JSON")

@@ -59,8 +59,23 @@ def tiny_clip_text(hidden: int):
     return tokenizer, text_encoder
 
 
-def make_tiny_model(directory: str | os.PathLike, seed: int = 0) -> Path:
-    """Save a tiny random I2VGen-XL (same component classes as the hub model) to `directory`."""
+# A mid-size UNet for CPU memory measurements (README "Bounded memory"): the real layout (12 decoder layers,
+# injection sites), 21 M parameters, full-resolution width 64 so activations dominate the process memory.
+MID_SIZE_UNET = {
+    "sample_size": 16,
+    "block_out_channels": (64, 128, 128, 128),
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+}
+
+
+def make_tiny_model(directory: str | os.PathLike, seed: int = 0, unet_config: dict | None = None) -> Path:
+    """Save a tiny random I2VGen-XL (same component classes as the hub model) to `directory`.
+
+    `unet_config` replaces the tiny UNet's config (e.g. MID_SIZE_UNET; its cross_attention_dim must be 32).
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -71,12 +86,17 @@ def make_tiny_model(directory: str | os.PathLike, seed: int = 0) -> Path:
 
     # Two layers per down block, so the decoder has the real 12 layers (4 blocks x 3) the injection addresses.
     unet = I2VGenXLUNet(
-        sample_size=8,
-        block_out_channels=(32, 32, 32, 32),
-        layers_per_block=2,
-        norm_num_groups=8,
-        cross_attention_dim=hidden,
-        attention_head_dim=4,
+        **(
+            unet_config
+            or dict(
+                sample_size=8,
+                block_out_channels=(32, 32, 32, 32),
+                layers_per_block=2,
+                norm_num_groups=8,
+                cross_attention_dim=hidden,
+                attention_head_dim=4,
+            )
+        )
     )
     unet.save_pretrained(out / "unet", safe_serialization=True)
 
