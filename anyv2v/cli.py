@@ -198,7 +198,7 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
         return 0
     if args.mid_size:
         path = make_tiny_model(args.dir, seed=args.seed, unet_config=MID_SIZE_UNET)
-        print(f"wrote a mid-size random I2VGen-XL (21 M parameter UNet) to {path}")
+        print(f"wrote a mid-size random I2VGen-XL (63 M parameter UNet) to {path}")
         return 0
     path = make_tiny_model(args.dir, seed=args.seed)
     print(f"wrote a tiny random I2VGen-XL to {path}")
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--real-size", action="store_true",
         help="random weights with the hub model's real configs (1.42 B UNet, fp16, about 4.7 GB) for real-size bench runs",
     )
-    tiny.add_argument("--mid-size", action="store_true", help="a 21 M parameter UNet for CPU memory measurements")
+    tiny.add_argument("--mid-size", action="store_true", help="a 63 M parameter UNet for CPU memory measurements")
     tiny.set_defaults(func=cmd_make_tiny_model)
 
     bench = sub.add_parser("bench", help="run one edit and print UNet calls, FLOPs, seconds and peak memory as JSON")

@@ -60,10 +60,10 @@ def tiny_clip_text(hidden: int):
 
 
 # A mid-size UNet for CPU memory measurements (README "Bounded memory"): the real layout (12 decoder layers,
-# injection sites), 21 M parameters, full-resolution width 64 so activations dominate the process memory.
+# injection sites), 63 M parameters, full-resolution width 128 so activations dominate the process memory.
 MID_SIZE_UNET = {
     "sample_size": 16,
-    "block_out_channels": (64, 128, 128, 128),
+    "block_out_channels": (128, 128, 256, 256),
     "layers_per_block": 2,
     "norm_num_groups": 32,
     "cross_attention_dim": 32,

@@ -21,7 +21,7 @@ from anyv2v.schedule import sampling_timesteps
 
 SIZE = 64
 FRAMES = 8
-STEPS = 10
+STEPS = 5
 
 # ali-vilab/i2vgen-xl unet/config.json on the hub (without the "_" keys), as published.
 HUB_UNET_CONFIG = json.loads("""{
@@ -84,8 +84,8 @@ def recording_probe(store):
 
 def test_sequential_branches_equal_batched_with_injection_at_every_site_and_step(backbone, kitten):
     config, clip, edited, inversion = kitten
-    taus = {"tau_conv": 0.3, "tau_sa": 0.2, "tau_ta": 0.5}
-    injected_steps = {"conv": 3, "spatial": 2, "temporal": 5}
+    taus = {"tau_conv": 0.4, "tau_sa": 0.2, "tau_ta": 0.6}
+    injected_steps = {"conv": 2, "spatial": 1, "temporal": 3}
     settings = dataclasses.replace(SamplingSettings.from_config(config, "a dog"), **taus)
     batched_features: dict = {}
     sequential_features: dict = {}
@@ -95,19 +95,19 @@ def test_sequential_branches_equal_batched_with_injection_at_every_site_and_step
     sequential = sample(backbone, inversion, clip.first_frame, edited, settings, sequential_calls,
                         probe=recording_probe(sequential_features), memory=MemoryPlan.on())
     torch.testing.assert_close(sequential, batched, atol=1e-5, rtol=1e-5)
-    # Largest batch 1: source + 2 edit branches for the 5 injected steps, 2 edit branches after.
-    assert batched_calls == Counter({3: 5, 2: 5}) and sequential_calls == Counter({1: 3 * 5 + 2 * 5})
+    # Largest batch 1: source + 2 edit branches for the 3 injected steps, 2 edit branches after.
+    assert batched_calls == Counter({3: 3, 2: 2}) and sequential_calls == Counter({1: 3 * 3 + 2 * 2})
 
     assert sequential_features.keys() == batched_features.keys()
     sites = injection_sites(backbone.unet)
     for site in sites:
         for step in range(STEPS):
-            names = ("source", "uncond", "cond") if step < 5 else ("uncond", "cond")
+            names = ("source", "uncond", "cond") if step < 3 else ("uncond", "cond")
             for name in names:
                 # Batch 1 and batch 3 matmuls round differently: the features agree to float32 noise.
                 for ours, theirs in zip(sequential_features[(site.name, step, name)], batched_features[(site.name, step, name)]):
                     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
-            if step >= 5:
+            if step >= 3:
                 continue
             # The edit branches' Q/K (conv feature) are the source's exactly at injected steps, and only there.
             source = sequential_features[(site.name, step, "source")]
@@ -119,12 +119,12 @@ def test_sequential_branches_equal_batched_with_injection_at_every_site_and_step
 
 def test_sequential_branches_without_guidance_and_with_a_start_index(backbone, kitten):
     config, clip, edited, inversion = kitten
-    settings = dataclasses.replace(SamplingSettings.from_config(config, "a dog"), guidance=1.0, start_index=2, tau_ta=0.6)
+    settings = dataclasses.replace(SamplingSettings.from_config(config, "a dog"), guidance=1.0, start_index=1, tau_ta=0.6)
     calls = Counter()
     batched = sample(backbone, inversion, clip.first_frame, edited, settings)
     sequential = sample(backbone, inversion, clip.first_frame, edited, settings, calls, memory=MemoryPlan.on())
     torch.testing.assert_close(sequential, batched, atol=1e-5, rtol=1e-5)
-    assert calls == Counter({1: 2 * 4 + 4})  # steps 2..5 with the source, 6..9 without
+    assert calls == Counter({1: 2 * 2 + 2})  # steps 1, 2 with the source, 3, 4 without
 
 
 # ---- chunked feed-forward and VAE give the plain output --------------------------------------------------------
@@ -133,7 +133,7 @@ def test_sequential_branches_without_guidance_and_with_a_start_index(backbone, k
 def test_chunked_feed_forward_equals_plain_and_really_chunks(backbone, kitten):
     config, clip, edited, inversion = kitten
     unet = backbone.unet
-    latents = inversion.at(901)
+    latents = inversion.at(801)
     text = backbone.encode_prompt(["a dog"])
     image = backbone.encode_image(edited)
     image_latents = backbone.first_frame_latents(edited, FRAMES, 0)
@@ -142,10 +142,10 @@ def test_chunked_feed_forward_equals_plain_and_really_chunks(backbone, kitten):
                for name, m in unet.named_modules() if hasattr(m, "set_chunk_feed_forward")]
     try:
         with torch.no_grad():
-            plain = backbone.unet_forward(latents, 901, text, image, image_latents, 8)
+            plain = backbone.unet_forward(latents, 801, text, image, image_latents, 8)
             plain_calls = sum(ff_calls.values())
             with chunked_feed_forward(unet, max_tokens=16):  # spatial (8, 64) -> 1 frame; temporal (64, 8) -> 2 rows
-                chunked = backbone.unet_forward(latents, 901, text, image, image_latents, 8)
+                chunked = backbone.unet_forward(latents, 801, text, image, image_latents, 8)
             chunked_calls = sum(ff_calls.values()) - plain_calls
     finally:
         for handle in handles:
@@ -203,7 +203,7 @@ def test_64_frame_edit_of_a_looped_demo_clip(tiny_model, demo, tmp_path):
 
     source = read_video(demo / "kitten.mp4", frames=0, fps=8)
     looped = write_video(list(source.frames) * 4, tmp_path / "kitten_x4.mp4", 8)  # 64 real frames, 8 s
-    config = small_config(tiny_model, tmp_path / "cache", frames=0, steps=5, inversion_steps=5, memory="on")
+    config = small_config(tiny_model, tmp_path / "cache", frames=0, steps=2, inversion_steps=2, memory="on")
     reports = []
     result = run_edit(looped, demo / "edited" / "kitten__dog.png", "a dog", config, tmp_path / "dog.mp4",
                       progress=lambda *r: reports.append(r))
@@ -214,8 +214,8 @@ def test_64_frame_edit_of_a_looped_demo_clip(tiny_model, demo, tmp_path):
     assert record["frames"] == 64
     assert record["memory"]["mode"] == "on" and record["memory"]["sequential_branches"] is True
     assert record["unet_calls"] == predicted_unet_calls(config, sequential=True)
-    assert record["unet_calls"]["sampling"] == {"1": 3 * 2 + 2 * 3}  # tau_ta 0.5 of 5 steps -> 2 with the source
-    assert ("decode", 64, 64) in reports and ("sampling", 5, 5) in reports and ("encode", 64, 64) in reports
+    assert record["unet_calls"] == {"inversion": 2, "sampling": {"1": 3 + 2}}  # tau_ta 0.5 of 2 steps: 1 with the source
+    assert ("decode", 64, 64) in reports and ("sampling", 2, 2) in reports and ("encode", 64, 64) in reports
 
 
 # ---- the inversion cache keeps what sampling reads and checks it on load ----------------------------------------
@@ -223,25 +223,25 @@ def test_64_frame_edit_of_a_looped_demo_clip(tiny_model, demo, tmp_path):
 
 def test_cache_keeps_the_sampling_timesteps_and_serves_coarser_schedules(tiny_model, demo, tmp_path):
     backbone = BACKBONES.get(str(tiny_model))
-    config = small_config(tiny_model, tmp_path / "cache", frames=4, inversion_steps=20)
+    config = small_config(tiny_model, tmp_path / "cache", frames=4, steps=2, inversion_steps=4)
     clip = prepare_clip(demo / "kitten.mp4", config)
     cache = InversionCache(config.cache_dir, 2**30)
     inversion, hit = get_inversion(backbone, clip, config, cache, Counter())
-    assert not hit and inversion.timesteps == sorted(sampling_timesteps(backbone.scheduler_config, STEPS))
+    assert not hit and inversion.timesteps == sorted(sampling_timesteps(backbone.scheduler_config, 2)) == [1, 501]
     (entry,) = cache.entries()
     latent = 4 * 4 * 8 * 8 * 4  # C x F x h x w x fp32 bytes
-    assert STEPS * latent <= entry[1] < STEPS * latent + 4096  # 10 latents stored, not 20
-    # 5 steps read a subset: a hit. 20 steps need more: a miss, and the new entry serves both.
-    assert get_inversion(backbone, clip, config.replace(steps=5), cache, Counter())[1]
+    assert 2 * latent <= entry[1] < 2 * latent + 4096  # 2 latents stored, not 4
+    # 1 step reads a subset: a hit. 4 steps need more: a miss, and the new entry serves both.
+    assert get_inversion(backbone, clip, config.replace(steps=1), cache, Counter())[1]
     calls = Counter()
-    inversion, hit = get_inversion(backbone, clip, config.replace(steps=20), cache, calls)
-    assert not hit and sum(calls.values()) == 20 and len(inversion.timesteps) == 20
+    inversion, hit = get_inversion(backbone, clip, config.replace(steps=4), cache, calls)
+    assert not hit and sum(calls.values()) == 4 and inversion.timesteps == [1, 251, 501, 751]
     assert get_inversion(backbone, clip, config, cache, Counter())[1] and len(cache.entries()) == 1
 
 
 def test_bad_cache_entries_are_a_miss_and_get_replaced(tiny_model, demo, tmp_path):
     backbone = BACKBONES.get(str(tiny_model))
-    config = small_config(tiny_model, tmp_path / "cache", frames=4)
+    config = small_config(tiny_model, tmp_path / "cache", frames=4, steps=2, inversion_steps=2)
     clip = prepare_clip(demo / "kitten.mp4", config)
     cache = InversionCache(config.cache_dir, 2**30)
     good, _ = get_inversion(backbone, clip, config, cache, Counter())
@@ -261,7 +261,7 @@ def test_bad_cache_entries_are_a_miss_and_get_replaced(tiny_model, demo, tmp_pat
         assert entry_now() is None, problem
         calls = Counter()
         inversion, hit = get_inversion(backbone, clip, config, cache, calls)
-        assert not hit and sum(calls.values()) == STEPS, problem
+        assert not hit and sum(calls.values()) == 2, problem
         torch.testing.assert_close(inversion.at(1), good.at(1))
         assert entry_now() is not None, problem  # replaced by a good entry
     path.write_bytes(b"not a safetensors file")
@@ -277,7 +277,7 @@ def test_bench_frames_sweep_prints_one_line_per_count_with_the_reference_ratio(t
     from anyv2v.cli import main
 
     argv = ["bench", "--video", str(demo / "kitten.mp4"), "--edited-frame", str(demo / "edited" / "kitten__dog.png"),
-            "--model", str(tiny_model), "--size", "64x64", "--steps", "5", "--inversion-steps", "5",
+            "--model", str(tiny_model), "--size", "64x64", "--steps", "2", "--inversion-steps", "2",
             "--frames-sweep", "4,8"]
     assert main(argv) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
@@ -285,9 +285,9 @@ def test_bench_frames_sweep_prints_one_line_per_count_with_the_reference_ratio(t
     for line in lines:
         assert set(line["seconds"]) >= {"load", "inversion", "sampling", "decode"}
         assert line["peak_memory"]["bytes"] > 0 and line["memory"]["mode"] == "auto"
-        assert line["unet_calls"] == {"inversion": 5, "sampling": {"3": 2, "2": 3}}
-        assert line["reference_unet_calls"] == {"inversion": 5, "sampling": {"3": 5}}
-        assert line["flops_ratio_vs_reference"] == round((5 + 3 * 2 + 2 * 3) / (5 + 3 * 5), 4)
+        assert line["unet_calls"] == {"inversion": 2, "sampling": {"3": 1, "2": 1}}
+        assert line["reference_unet_calls"] == {"inversion": 2, "sampling": {"3": 2}}
+        assert line["flops_ratio_vs_reference"] == round((2 + 3 + 2) / (2 + 3 * 2), 4)
     assert 1.8 < lines[1]["unet_flops_per_call_batch1"] / lines[0]["unet_flops_per_call_batch1"] < 2.2
 
 
