@@ -27,15 +27,18 @@ from .config import MEMORY_MODES
 
 # Tokens per feed-forward chunk: large enough to keep the matmuls efficient, small enough that the GEGLU
 # intermediate (tokens x 8 x width) stays far below the rest of the activations.
-FF_CHUNK_TOKENS = 16384
+FF_CHUNK_TOKENS = 4096
 # Frames per VAE call with the memory options on (the plain path encodes 8 and decodes decode_chunk_size).
 VAE_FRAMES = 1
 
 # Peak-activation constants of the formula in `estimate_peak_bytes`, in units of one full-resolution UNet
-# feature map (frames x h x w x block_out_channels[0] values) per batch item. Fitted to CPU peak-RSS
-# measurements of a mid-size random I2VGen-XL (README "Bounded memory"), rounded up.
-UNET_PEAK_PLAIN = 40.0  # the unchunked GEGLU feed-forward (8x width) dominates
-UNET_PEAK_CHUNKED = 16.0  # skip connections, resnet and attention tensors remain
+# feature map (frames x h x w x block_out_channels[0] values) per batch item. Fitted to the CPU peak-RSS
+# measurement of the mid-size random I2VGen-XL at 64 x 128 x 128 (README "Bounded memory"), minus the
+# process's RSS after loading: plain 1.47 GB at batch 3 (58 units per item), options on 0.74 GB at batch 1
+# (88 units: at this size feed-forward chunking saves little and the skip connections, resnet and attention
+# tensors remain), rounded up.
+UNET_PEAK_PLAIN = 60.0
+UNET_PEAK_CHUNKED = 90.0
 # The VAE decoder's peak per decoded frame, in units of H x W x vae block_out_channels[0] values.
 VAE_PEAK_PER_FRAME = 12.0
 # Share of the free memory an estimate may use before the options are turned on.
