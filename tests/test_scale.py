@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 
 import av
 import pytest
@@ -13,7 +13,7 @@ import torch
 
 from anyv2v.cache import Inversion, InversionCache
 from anyv2v.config import EditConfig
-from anyv2v.injection import InjectionSchedule, injection_sites
+from anyv2v.injection import injection_sites
 from anyv2v.memory import MemoryPlan, chunked_feed_forward, feed_forward_chunk, plan_memory
 from anyv2v.pipeline import BACKBONES, get_inversion, prepare_clip, prepare_edit_image, run_edit
 from anyv2v.sampler import SamplingSettings, sample
