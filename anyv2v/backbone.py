@@ -12,7 +12,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,15 +110,43 @@ class Backbone:
         return embeds[:, None].to(self.dtype)
 
     @torch.no_grad()
-    def encode_frames(self, frames: list[Image.Image], generator: torch.Generator, chunk: int = 8) -> torch.Tensor:
-        """VAE latents of frames, sampled and scaled: [1, C, F, H/8, W/8]."""
+    def encode_frames(
+        self,
+        frames: list[Image.Image],
+        generator: torch.Generator,
+        chunk: int = 8,
+        compute_chunk: int | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """VAE latents of frames, sampled and scaled: [1, C, F, H/8, W/8].
+
+        The noise is drawn per `chunk` frames (this fixes the random stream, hence the latents); the VAE runs
+        on `compute_chunk` frames at a time (default `chunk`), which bounds its memory without changing them.
+        """
         pixels = torch.stack([pil_to_tensor(f) for f in frames])
+        compute_chunk = min(compute_chunk or chunk, chunk)
         latents = []
         with self.on_device(self.vae):
             for start in range(0, len(frames), chunk):
-                batch = pixels[start : start + chunk].to(self.device, self.vae.dtype)
-                dist = self.vae.encode(batch).latent_dist
-                latents.append(dist.sample(generator=generator) * self.vae.config.scaling_factor)
+                group = pixels[start : start + chunk]
+                if compute_chunk >= len(group):
+                    dist = self.vae.encode(group.to(self.device, self.vae.dtype)).latent_dist
+                    sample = dist.sample(generator=generator)
+                else:
+                    # DiagonalGaussianDistribution.sample over the whole group, from per-part moments.
+                    from diffusers.utils.torch_utils import randn_tensor
+
+                    parts = [
+                        self.vae.encode(group[i : i + compute_chunk].to(self.device, self.vae.dtype)).latent_dist
+                        for i in range(0, len(group), compute_chunk)
+                    ]
+                    mean = torch.cat([part.mean for part in parts])
+                    std = torch.cat([part.std for part in parts])
+                    noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                    sample = mean + std * noise
+                latents.append(sample * self.vae.config.scaling_factor)
+                if progress is not None and len(frames) > 1:
+                    progress("encode", min(start + chunk, len(frames)), len(frames))
         video = torch.cat(latents)  # [F, C, h, w]
         return video.permute(1, 0, 2, 3)[None].to(self.dtype)
 
@@ -134,8 +162,10 @@ class Backbone:
         return torch.cat([latent, *position], dim=2)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, chunk: int = 4) -> list[Image.Image]:
-        """Decode [1, C, F, h, w] latents to RGB frames."""
+    def decode(
+        self, latents: torch.Tensor, chunk: int = 4, progress: Callable[[str, int, int], None] | None = None
+    ) -> list[Image.Image]:
+        """Decode [1, C, F, h, w] latents to RGB frames, `chunk` frames per VAE call (reports frames done)."""
         latents = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
         frames: list[Image.Image] = []
         with self.on_device(self.vae):
@@ -144,6 +174,8 @@ class Backbone:
                 images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
                 for image in images.permute(0, 2, 3, 1).cpu().numpy():
                     frames.append(Image.fromarray(image))
+                if progress is not None:
+                    progress("decode", len(frames), latents.shape[0])
         return frames
 
     def unet_forward(

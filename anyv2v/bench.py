@@ -44,3 +44,99 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
         return {"kind": "cuda_max_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"kind": "process_max_rss", "bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
+
+
+def reference_unet_calls(inversion_steps: int, steps: int) -> dict[str, Any]:
+    """The reference implementation's calls: every inversion step at batch 1, every sampling step at batch 3."""
+    return {"inversion": inversion_steps, "sampling": {"3": steps}}
+
+
+def predicted_unet_calls(config, cached_inversion: bool = False, sequential: bool = False) -> dict[str, Any]:
+    """The UNet calls our engine makes for `config` (what `run_edit` then reports), without running it."""
+    from collections import Counter
+
+    from .injection import InjectionSchedule
+
+    schedule = InjectionSchedule.from_taus(config.steps, config.tau_conv, config.tau_sa, config.tau_ta)
+    edit_branches = 2 if config.guidance > 1.0 else 1
+    sampling: Counter = Counter()
+    for step_index in range(config.start_index, config.steps):
+        branches = edit_branches + (1 if schedule.at(step_index).any else 0)
+        if sequential:
+            sampling[1] += branches
+        else:
+            sampling[branches] += 1
+    return {
+        "inversion": 0 if cached_inversion else config.inversion_steps,
+        "sampling": {str(batch): calls for batch, calls in sorted(sampling.items(), reverse=True)},
+    }
+
+
+# Share of the device's measured matmul throughput a UNet forward reaches (convolutions, norms and attention
+# run below matmul speed). Calibrated on this project's CPU runs (README "Measured"); GPUs are similar or better.
+UNET_EFFICIENCY = {"cpu": 0.5, "cuda": 0.5}
+
+
+def device_flops_per_second(device: torch.device | str, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
+    """Measured matmul throughput of `device` in `dtype` (FLOP/s), from square matmuls for about `seconds`."""
+    import time
+
+    device = torch.device(device)
+    size = 2048 if device.type == "cuda" else 512
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.float32  # CPUs run half precision through fp32 paths
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b  # warm up
+    sync()
+    runs, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        runs += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2 * size**3 * runs / elapsed
+
+
+def estimate_seconds(
+    config,
+    device: torch.device | str | None = None,
+    frames: int | None = None,
+    cached_inversion: bool = False,
+    unet_config: dict | None = None,
+    throughput: float | None = None,
+) -> dict[str, Any]:
+    """Time estimate of an edit before it starts: FLOPs of the UNet calls / (measured throughput x efficiency).
+
+    `frames` is the clip's frame count (needed when `config.frames` is 0, the whole clip). The UNet config is
+    read from the model (config file only) unless given. Returns seconds (total, inversion, sampling), the
+    FLOPs, the throughput used and the calls counted.
+    """
+    from .device import resolve_device
+
+    torch_device, dtype = resolve_device(str(device) if device is not None else config.device, config.dtype)
+    frames = int(frames or config.frames)
+    if frames < 1:
+        raise ValueError("estimate_seconds needs the frame count of a whole-clip edit (frames=...)")
+    if unet_config is None:
+        from diffusers import I2VGenXLUNet
+
+        unet_config = dict(I2VGenXLUNet.load_config(config.model, subfolder="unet"))
+    per_call = unet_flops_per_call(unet_config, frames, config.height, config.width)
+    calls = predicted_unet_calls(config, cached_inversion)
+    flops = edit_flops(calls, per_call)
+    if throughput is None:
+        throughput = device_flops_per_second(torch_device, dtype)
+    effective = throughput * UNET_EFFICIENCY.get(torch_device.type, 0.5)
+    return {
+        "seconds": round(flops["total"] / effective, 1),
+        "inversion_seconds": round(flops["inversion"] / effective, 1),
+        "sampling_seconds": round(flops["sampling"] / effective, 1),
+        "flops": flops,
+        "device": str(torch_device),
+        "device_flops_per_second": throughput,
+        "unet_efficiency": UNET_EFFICIENCY.get(torch_device.type, 0.5),
+        "unet_calls": calls,
+    }

@@ -1,7 +1,10 @@
 """On-disk cache of DDIM inversions: safetensors files keyed by everything the inversion depends on.
 
 Writes are atomic (temp file + rename), the total size is bounded with least-recently-used eviction, and a
-lock file serialises writers and eviction across processes; readers never see a partial file.
+lock file serialises writers and eviction across processes; readers never see a partial file. An entry holds
+the latents at the timesteps the edits it serves read (see `pipeline.get_inversion`); on load its timesteps,
+shapes and dtype are checked, and an entry that does not match is a miss (a corrupt or mis-shaped one is
+deleted; the new inversion replaces it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import AnyV2VError
@@ -43,6 +46,10 @@ class Inversion:
 
     def at(self, timestep: int) -> torch.Tensor:
         return self.latents[int(timestep)]
+
+    @property
+    def timesteps(self) -> list[int]:
+        return sorted(self.latents)
 
     @property
     def nbytes(self) -> int:
@@ -92,17 +99,55 @@ class InversionCache:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def get(self, key: str) -> Inversion | None:
+    def get(
+        self,
+        key: str,
+        timesteps: "set[int] | list[int] | None" = None,
+        shape: "tuple[int, ...] | None" = None,
+        dtype: torch.dtype | None = None,
+    ) -> Inversion | None:
+        """The stored inversion, or None (a miss) when absent, unreadable, or not what the caller needs: a
+        timestep of `timesteps` missing, a latent not of `shape` / `dtype`. Unreadable or mis-shaped entries are
+        deleted."""
         if not self.enabled:
             return None
         path = self._path(key)
         try:
             tensors = load_file(str(path))
-            _touch(path)
-        except (FileNotFoundError, SafetensorError, OSError):
-            return None  # absent, evicted meanwhile, or unreadable: invert again
-        latents = {int(name.removeprefix("t")): tensor for name, tensor in tensors.items()}
+        except FileNotFoundError:
+            return None  # absent or evicted meanwhile
+        except (SafetensorError, OSError):
+            self._discard(path)  # unreadable: invert again and store anew
+            return None
+        try:
+            latents = {int(name.removeprefix("t")): tensor for name, tensor in tensors.items() if name.startswith("t")}
+        except ValueError:
+            latents = {}
+        wrong = not latents or len(latents) != len(tensors) or any(
+            (shape is not None and tuple(t.shape) != tuple(shape)) or (dtype is not None and t.dtype != dtype)
+            for t in latents.values()
+        )
+        if wrong:
+            self._discard(path)
+            return None
+        if timesteps is not None and not set(int(t) for t in timesteps) <= set(latents):
+            return None  # serves other step counts; the new inversion's entry will hold both
+        _touch(path)
         return Inversion(latents=dict(sorted(latents.items())), key=key)
+
+    def stored_timesteps(self, key: str) -> set[int]:
+        """Timesteps held by the entry `key` (empty when absent or unreadable), read from its header only."""
+        if not self.enabled:
+            return set()
+        try:
+            with safe_open(str(self._path(key)), framework="pt") as handle:
+                return {int(name.removeprefix("t")) for name in handle.keys() if name.startswith("t")}
+        except (FileNotFoundError, SafetensorError, OSError, ValueError):
+            return set()
+
+    def _discard(self, path: Path) -> None:
+        with self._locked(), contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
     def check_space(self, nbytes: int) -> None:
         """Fail before a long inversion when its result could not be stored."""
@@ -130,7 +175,7 @@ class InversionCache:
         if not self.enabled or inversion.nbytes > self.max_bytes:
             return False
         tensors = {f"t{t}": latent.contiguous().cpu() for t, latent in inversion.latents.items()}
-        meta = {"format": str(CACHE_FORMAT), "created": str(time.time())}
+        meta = {"format": str(CACHE_FORMAT), "created": str(time.time()), "timesteps": json.dumps(inversion.timesteps)}
         meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
         with self._locked():
             with atomic_output(self._path(inversion.key)) as tmp:

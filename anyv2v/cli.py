@@ -20,7 +20,7 @@ OOM_ADVICE = "lower the frame count or the size, or turn on CPU offload (--frame
 _OVERRIDES = (
     "model", "tau_conv", "tau_sa", "tau_ta", "start_index", "steps", "inversion_steps", "guidance",
     "negative_prompt", "random_ratio", "frames", "fps", "start_time", "seed", "device", "dtype",
-    "cache_dir", "cache_max_gb", "resize_mode", "decode_chunk_size",
+    "cache_dir", "cache_max_gb", "resize_mode", "decode_chunk_size", "memory",
 )
 
 
@@ -49,6 +49,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, sampling: bool = True) ->
     group.add_argument("--cpu-offload", action="store_true", default=None, help="keep models on the CPU until used")
     group.add_argument("--cache-dir", help="inversion cache folder")
     group.add_argument("--cache-max-gb", type=float, help="inversion cache budget in GB (0 disables the cache)")
+    group.add_argument(
+        "--memory", choices=("auto", "on", "off"),
+        help="bounded-memory options for long clips (same output): auto (default: on only when needed), on, off",
+    )
     if sampling:
         group.add_argument("--tau-conv", type=float, help="conv injection fraction of steps (default 0.2)")
         group.add_argument("--tau-sa", type=float, help="spatial attention Q/K injection fraction (default 0.2)")
@@ -98,7 +102,8 @@ class TqdmProgress:
             return
         bar = self._bars.get(stage)
         if bar is None:
-            bar = self._bars[stage] = self._tqdm(total=total, desc=stage, unit="step", file=sys.stderr)
+            unit = "frame" if stage in ("encode", "decode") else "step"  # long clips: frames and steps both count
+            bar = self._bars[stage] = self._tqdm(total=total, desc=stage, unit=unit, file=sys.stderr)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
@@ -108,13 +113,39 @@ class TqdmProgress:
             bar.close()
 
 
+LONG_EDIT_FRAMES = 16  # above this (or for the whole clip) the CLI prints a time estimate first
+
+
+def print_estimate(config: EditConfig, frames: int) -> None:
+    """One stderr line: the estimated time of this edit from its FLOPs and the device's measured speed."""
+    from .bench import estimate_seconds
+
+    try:
+        estimate = estimate_seconds(config, frames=frames)
+    except Exception:  # noqa: BLE001 - an estimate is a courtesy; the edit reports real problems itself
+        return
+    minutes = estimate["seconds"] / 60
+    print(
+        f"estimate: about {minutes:.1f} min for {frames} frames on {estimate['device']} "
+        f"({estimate['flops']['total'] / 1e15:.2f} PFLOP; less when the inversion is cached)",
+        file=sys.stderr,
+    )
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
-    from .pipeline import run_edit
+    from .pipeline import prepare_clip, run_edit
 
     config = config_from_args(args)
+    prepared = None
+    if config.frames == 0 or config.frames > LONG_EDIT_FRAMES:
+        prepared = prepare_clip(args.video, config)
+        print_estimate(config, len(prepared.frames))
     progress = TqdmProgress()
     try:
-        result = run_edit(args.video, args.edited_frame, args.prompt, config, args.out, overwrite=args.overwrite, progress=progress)
+        result = run_edit(
+            args.video, args.edited_frame, args.prompt, config, args.out, overwrite=args.overwrite, progress=progress,
+            prepared=prepared,
+        )
     finally:
         progress.close()
     for note in result.notes:
@@ -146,7 +177,11 @@ def cmd_invert(args: argparse.Namespace) -> int:
         with oom_guard(OOM_ADVICE):
             backbone = BACKBONES.get(config.model, config.device, config.dtype, config.cpu_offload)
             cache = InversionCache(config.cache_dir, int(config.cache_max_gb * 2**30))
-            inversion, from_cache = get_inversion(backbone, clip, config, cache, calls, progress)
+            # With --steps keep the latents that step count reads; without, every latent (serves any count).
+            served = config.replace(steps=args.steps) if args.steps is not None else config
+            inversion, from_cache = get_inversion(
+                backbone, clip, served, cache, calls, progress, keep_all=args.steps is None
+            )
     finally:
         progress.close()
     state = "already cached" if from_cache else f"inverted with {sum(calls.values())} UNet calls and cached"
@@ -155,19 +190,70 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import make_tiny_model
+    from .tiny import MID_SIZE_UNET, make_real_size_model, make_tiny_model
 
     if os.path.exists(args.dir) and os.listdir(args.dir) and not args.overwrite:
         raise AnyV2VError(f"{args.dir} is not empty; choose a new folder or pass --overwrite.")
+    if args.real_size:
+        path = make_real_size_model(args.dir, seed=args.seed)
+        print(f"wrote a random-weight I2VGen-XL with the hub model's real configs (fp16) to {path}")
+        return 0
+    if args.mid_size:
+        path = make_tiny_model(args.dir, seed=args.seed, unet_config=MID_SIZE_UNET)
+        print(f"wrote a mid-size random I2VGen-XL (63 M parameter UNet) to {path}")
+        return 0
     path = make_tiny_model(args.dir, seed=args.seed)
     print(f"wrote a tiny random I2VGen-XL to {path}")
     return 0
 
 
+def _without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """argv minus `flags` and their values (both `--flag value` and `--flag=value`)."""
+    kept: list[str] = []
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in flags:
+            skip = True
+        elif not token.startswith(tuple(f"{flag}=" for flag in flags)):
+            kept.append(token)
+    return kept
+
+
+def _frame_counts(text: str) -> list[int]:
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--frames-sweep must be frame counts separated by commas (e.g. 16,32,64), got {text!r}.") from None
+    if not counts or any(not 2 <= n <= 512 for n in counts):
+        raise ConfigError(f"--frames-sweep frame counts must be between 2 and 512, got {text!r}.")
+    return counts
+
+
+def cmd_bench_sweep(args: argparse.Namespace) -> int:
+    """One bench process per frame count (a clean peak memory each), one JSON line per count."""
+    import subprocess
+
+    counts = _frame_counts(args.frames_sweep)
+    base = _without_flags(args.argv, ("--frames-sweep", "--frames", "--latents-out"))
+    for frames in counts:
+        cmd = [sys.executable, "-m", "anyv2v", *base, "--frames", str(frames), "--json-line"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            message = (done.stderr.strip().splitlines() or ["failed"])[-1].removeprefix("error: ")
+            print(json.dumps({"frames": frames, "error": message}), flush=True)
+            continue
+        print(done.stdout.strip().splitlines()[-1], flush=True)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import edit_flops, peak_memory, unet_flops_per_call
+    from .bench import edit_flops, peak_memory, reference_unet_calls, unet_flops_per_call
     from .pipeline import BACKBONES, run_edit
 
+    if args.frames_sweep:
+        return cmd_bench_sweep(args)
     config = config_from_args(args)
     with tempfile.TemporaryDirectory(prefix="anyv2v-bench-") as workdir:
         if args.cache_dir is None:
@@ -176,25 +262,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
         backbone = BACKBONES.get(config.model, config.device, config.dtype, config.cpu_offload)
         width, height = result.size
         per_call = unet_flops_per_call(dict(backbone.unet.config), result.frames, height, width, backbone.vae_scale_factor)
+        flops = edit_flops(result.unet_calls, per_call)
+        reference_calls = reference_unet_calls(config.inversion_steps, config.steps)
+        reference = edit_flops(reference_calls, per_call)
         report = {
             "model": config.model,
             "device": str(backbone.device),
+            "device_name": torch_device_name(backbone.device),
             "dtype": str(backbone.dtype).removeprefix("torch."),
             "frames": result.frames,
             "size": [width, height],
             "steps": config.steps,
             "inversion_steps": config.inversion_steps,
             "taus": {"conv": config.tau_conv, "spatial": config.tau_sa, "temporal": config.tau_ta},
+            "memory": result.memory,
             "inversion_from_cache": result.inversion_from_cache,
             "unet_calls": result.unet_calls,
             "unet_flops_per_call_batch1": per_call,
-            "flops_per_edit": edit_flops(result.unet_calls, per_call),
+            "flops_per_edit": flops,
+            "reference_unet_calls": reference_calls,
+            "reference_flops_per_edit": reference["total"],
+            "flops_ratio_vs_reference": round(flops["total"] / reference["total"], 4),
             "seconds": result.seconds,
             "seconds_total": round(sum(result.seconds.values()), 4),
             "peak_memory": peak_memory(backbone.device),
         }
-    print(json.dumps(report, indent=2))
+        if args.latents_out:
+            from safetensors.torch import save_file
+
+            save_file({"latents": result.latents.contiguous()}, args.latents_out)
+    print(json.dumps(report) if args.json_line else json.dumps(report, indent=2))
     return 0
+
+
+def torch_device_name(device) -> str:
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,12 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--overwrite", action="store_true")
+    tiny.add_argument(
+        "--real-size", action="store_true",
+        help="random weights with the hub model's real configs (1.42 B UNet, fp16, about 4.7 GB) for real-size bench runs",
+    )
+    tiny.add_argument("--mid-size", action="store_true", help="a 63 M parameter UNet for CPU memory measurements")
     tiny.set_defaults(func=cmd_make_tiny_model)
 
     bench = sub.add_parser("bench", help="run one edit and print UNet calls, FLOPs, seconds and peak memory as JSON")
     bench.add_argument("--video", required=True)
     bench.add_argument("--edited-frame", required=True)
     bench.add_argument("--prompt", default="a video")
+    bench.add_argument("--frames-sweep", help="comma-separated frame counts (e.g. 16,32,64,128): one JSON line each")
+    bench.add_argument("--json-line", action="store_true", help="print the report as one JSON line")
+    bench.add_argument("--latents-out", help="also save the edited latents (safetensors) to compare runs")
     _add_config_flags(bench)
     bench.set_defaults(func=cmd_bench)
     return parser
@@ -256,6 +372,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not args.verbose:
         _quiet_libraries()
     try:

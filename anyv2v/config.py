@@ -26,6 +26,7 @@ MAX_GUIDANCE = 100.0
 MAX_START_SECONDS = 24 * 3600.0
 MAX_CACHE_GB = 1e6
 DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d+)?")
+MEMORY_MODES = ("auto", "on", "off")  # anyv2v.memory: bounded-memory options (same output)
 
 
 def default_cache_dir() -> str:
@@ -119,6 +120,8 @@ class EditConfig:
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     random_ratio: float = 0.0
     decode_chunk_size: int = 4
+    # memory: "auto" turns the bounded-memory options on only when the estimated peak exceeds the free memory
+    memory: str = "auto"
 
     def validate(self) -> "EditConfig":
         """Raise ConfigError naming the first bad setting and its allowed range; return self for chaining."""
@@ -159,6 +162,8 @@ class EditConfig:
             raise ConfigError("model is empty; give a hub id (default ali-vilab/i2vgen-xl) or a local folder.")
         if not self.cache_dir.strip():
             raise ConfigError("cache_dir is empty; give a folder for the inversion cache.")
+        if self.memory not in MEMORY_MODES:
+            raise ConfigError(f"memory={self.memory!r} is not one of {', '.join(MEMORY_MODES)}.")
         return self
 
     def replace(self, **changes: Any) -> "EditConfig":

@@ -6,6 +6,11 @@ chunk 0; during an injected step the edit chunks' values at a site are replaced 
 - spatial / temporal self-attention (layers 4..11): Q and K of `attn1` (V and the output stay the edit's).
 Both spatial ((B*F, HW, C)) and temporal ((B*HW, F, C)) attention inputs are batch-major, so chunking the
 first dimension into branches works for both.
+
+With sequential branches (bounded memory) the source branch runs alone first ("capture": its features at the
+sites injected this step are kept in a `SourceFeatures` for that step only), then each edit branch runs alone
+("inject": its Q/K/conv features at those sites are replaced by the stored ones). Same values as the batched
+path: every layer is independent across the batch.
 """
 
 from __future__ import annotations
@@ -57,14 +62,73 @@ class StepInjection:
         return getattr(self, kind)
 
 
+class SourceFeatures:
+    """The source branch's features at the sites injected during one sampling step (sequential branches).
+
+    Filled by the "capture" call, read by the "inject" calls of the same step, then dropped with the step.
+    """
+
+    def __init__(self, step_index: int) -> None:
+        self.step_index = step_index
+        self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def store(self, site: "Site", first: torch.Tensor, second: torch.Tensor | None) -> None:
+        self._tensors[site.name] = (first, second)
+
+    def load(self, site: "Site", branches: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if site.name not in self._tensors:
+            raise RuntimeError(f"no source features at {site.name} for step {self.step_index}; run the source first")
+        first, second = self._tensors[site.name]
+        if branches == 1:
+            return first, second
+        return torch.cat([first] * branches), None if second is None else torch.cat([second] * branches)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for pair in self._tensors.values() for t in pair if t is not None)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+ROLES = ("batched", "capture", "inject")
+
+
 @dataclass(frozen=True)
 class StepState:
-    """What the plug-in needs to know about the UNet call in flight."""
+    """What the plug-in needs to know about the UNet call in flight.
+
+    role "batched": the batch holds every branch, the source first when `has_source`; "capture": the source
+    branch alone, whose features at this step's injected sites go to `features`; "inject": edit branches
+    alone, whose features at those sites come from `features`.
+    """
 
     step_index: int
     branches: int  # batch chunks: [source, (uncond,) cond] or, without the source, [(uncond,) cond]
     has_source: bool
     injection: StepInjection
+    role: str = "batched"
+    features: SourceFeatures | None = None
+    names: tuple[str, ...] = ()  # branch names in batch order, e.g. ("source", "uncond", "cond"), for probes
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role {self.role!r} is not one of {ROLES}")
+        if self.role != "batched" and self.features is None:
+            raise ValueError(f"role {self.role!r} needs the step's SourceFeatures")
+
+    def swap(self, site: "Site", first: torch.Tensor, second: torch.Tensor | None):
+        """The (query, key) or (conv feature, None) this call should use at `site`."""
+        if not self.injection.enabled(site.kind):
+            return first, second
+        if self.role == "capture":
+            self.features.store(site, first, second)
+            return first, second
+        if self.role == "inject":
+            return self.features.load(site, self.branches)
+        if self.has_source:
+            return _share_source(first, self.branches), None if second is None else _share_source(second, self.branches)
+        return first, second
 
 
 @dataclass(frozen=True)
@@ -155,9 +219,8 @@ class InjectionAttnProcessor:
         value = attn.to_v(encoder_hidden_states)
 
         state = self.injector.state
-        if state is not None and state.has_source and state.injection.enabled(self.site.kind):
-            query = _share_source(query, state.branches)
-            key = _share_source(key, state.branches)
+        if state is not None:
+            query, key = state.swap(self.site, query, key)
         if state is not None and self.injector.probe is not None:
             self.injector.probe(self.site, state, query, key)
 
@@ -240,8 +303,7 @@ class FeatureInjector:
             state = self.state
             if state is None:
                 return None
-            if state.has_source and state.injection.conv:
-                output = _share_source(output, state.branches)
+            output, _ = state.swap(site, output, None)
             if self.probe is not None:
                 self.probe(site, state, output, None)
             return output

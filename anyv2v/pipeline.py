@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -23,7 +24,8 @@ from .device import dtype_name, oom_guard, resolve_device
 from .errors import AnyV2VError, OutputError
 from .inversion import ProgressCallback, StopCheck, check_stop, invert
 from .sampler import SamplingSettings, sample
-from .schedule import check_inversion_steps
+from .memory import MemoryPlan, plan_memory
+from .schedule import check_inversion_steps, inversion_timesteps_kept
 from .files import atomic_output, check_output_dir, derived_output_path
 from .video import (
     MAX_FRAMES, Clip, frame_fitter, load_image, prepare_edited_frame, read_video, write_video,
@@ -64,6 +66,8 @@ class EditResult:
     frames: int = 0
     size: tuple[int, int] = (0, 0)
     fps: int = 0
+    memory: dict[str, Any] = field(default_factory=dict)
+    latents: Any = None  # the edited latents [1, C, F, h, w] on the CPU (bench comparisons)
 
 
 def prepare_clip(video: str | os.PathLike, config: EditConfig, max_frames: int = MAX_FRAMES) -> PreparedClip:
@@ -111,24 +115,34 @@ def get_inversion(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     notes: list[str] | None = None,
+    memory: MemoryPlan | None = None,
+    keep_all: bool = False,
 ) -> tuple[Inversion, bool]:
     """The clip's inversion from the cache, or computed (and stored). Returns (inversion, from_cache).
 
+    Only the latents at the sampling timesteps of `config.steps` are kept (every inverted latent when
+    `keep_all`), plus those an existing entry of the clip already held, so the new entry serves both.
     When the cache cannot store the result (disk full while writing), a warning goes to `notes` and the
     inversion is still returned.
     """
     settings = inversion_settings(config, clip)
     key = inversion_key(clip.frames, backbone.fingerprint(), {**settings, "dtype": dtype_name(backbone.dtype)})
-    cached = cache.get(key)
+    width, height = clip.size
+    scale = backbone.vae_scale_factor
+    shape = (1, backbone.unet.config.in_channels, len(clip.frames), height // scale, width // scale)
+    keep = None if keep_all else inversion_timesteps_kept(backbone.scheduler_config, config.inversion_steps, config.steps)
+    cached = cache.get(key, timesteps=keep, shape=shape, dtype=backbone.dtype)
     if cached is not None:
         if progress is not None:
             progress("inversion_cached", 1, 1)
         return cached, True
-    width, height = clip.size
-    latent_elems = backbone.unet.config.in_channels * len(clip.frames) * (height // 8) * (width // 8)
-    cache.check_space(latent_elems * config.inversion_steps * backbone.dtype.itemsize)
+    if keep is not None:
+        keep |= cache.stored_timesteps(key)
+    latent_bytes = math.prod(shape) * backbone.dtype.itemsize
+    cache.check_space(latent_bytes * (config.inversion_steps if keep is None else len(keep)))
     inversion = invert(
-        backbone, clip.frames, config.inversion_steps, config.fps, config.seed, key, unet_calls, progress, should_stop
+        backbone, clip.frames, config.inversion_steps, config.fps, config.seed, key, unet_calls, progress, should_stop,
+        keep=keep, memory=memory,
     )
     try:
         cache.put(inversion, {"model": public_model_name(backbone.model_id), **settings})
@@ -146,6 +160,16 @@ def public_model_name(model: str) -> str:
     if looks_like_path(model) or os.path.isdir(model):
         return os.path.basename(os.path.normpath(os.path.expanduser(model))) or "model"
     return model
+
+
+def choose_memory(backbone: Backbone, clip: PreparedClip, config: EditConfig) -> MemoryPlan:
+    """The memory options for this edit (config.memory: auto, on, off), with the estimate behind the choice."""
+    width, height = clip.size
+    return plan_memory(
+        config.memory, dict(backbone.unet.config), dict(backbone.vae.config), len(clip.frames), height, width,
+        backbone.dtype, backbone.device, decode_frames=config.decode_chunk_size,
+        plain_batch=3 if config.guidance > 1.0 else 2,
+    )
 
 
 def output_paths(
@@ -213,21 +237,22 @@ def run_edit(
     with oom_guard(OOM_ADVICE):
         backbone = backbones.get(config.model, config.device, config.dtype, config.cpu_offload)
         lap("load")
+        memory = choose_memory(backbone, clip, config)
         cache = InversionCache(config.cache_dir, int(config.cache_max_gb * 2**30))
         inversion_calls: Counter = Counter()
         inversion, from_cache = get_inversion(
-            backbone, clip, config, cache, inversion_calls, progress, should_stop, notes=notes
+            backbone, clip, config, cache, inversion_calls, progress, should_stop, notes=notes, memory=memory
         )
         lap("inversion")
         sampling_calls: Counter = Counter()
         settings = SamplingSettings.from_config(config, prompt)
         latents = sample(
             backbone, inversion, clip.first_frame, edited, settings, sampling_calls, progress, should_stop,
-            probe=probe, keep_source_branch=keep_source_branch,
+            probe=probe, keep_source_branch=keep_source_branch, memory=memory,
         )
         lap("sampling")
         check_stop(should_stop)
-        frames = backbone.decode(latents, chunk=config.decode_chunk_size)
+        frames = backbone.decode(latents, chunk=memory.vae_frames or config.decode_chunk_size, progress=progress)
         lap("decode")
 
     audio = clip.clip.source_path if config.keep_audio and clip.clip.has_audio else None
@@ -268,6 +293,7 @@ def run_edit(
         "fps": config.fps,
         "inversion_from_cache": from_cache,
         "unet_calls": unet_calls,
+        "memory": memory.to_dict(),
         "seconds": seconds,
         "notes": notes,
         "versions": versions(),
@@ -290,6 +316,8 @@ def run_edit(
         frames=len(frames),
         size=frames[0].size,
         fps=config.fps,
+        memory=memory.to_dict(),
+        latents=latents.detach().cpu(),
     )
 
 

@@ -71,3 +71,16 @@ def check_inversion_steps(config: dict, steps: int, inversion_steps: int) -> Non
         f"inversion_steps={inversion_steps} does not produce latents at the {steps} sampling timesteps "
         f"({needed[0]}..{needed[-1]}); with steps={steps} use inversion_steps in: {_ranges(valid)}."
     )
+
+
+def inversion_timesteps_kept(config: dict, inversion_steps: int, steps: int) -> set[int] | None:
+    """Inversion timesteps a `steps`-step edit reads: its sampling timesteps (every start index, every
+    injection), or None (keep all) when the inversion does not cover them.
+
+    A 500-step inversion has 500 latents but a 50-step edit reads 50 of them; the kept set also serves every
+    step count whose timesteps it contains (50 steps: t = 20 i + 1, so 25, 10, 5, 2 and 1 steps too).
+    """
+    needed = set(sampling_timesteps(config, steps))
+    if not _covers(make_scheduler(config, inverse=True), inversion_steps, needed):
+        return None
+    return needed
