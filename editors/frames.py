@@ -1,6 +1,6 @@
 """Frames in and out of the editors: the engine's first frame, fitted images, atomic PNG writes.
 
-Every frame an editor sees comes through the engine's own code (`anyv2v.video.read_video`, `prepare_frames`,
+Every frame an editor sees comes through the engine's own code (`anyv2v.video.read_video`, `frame_fitter`,
 `fit_frame`), so an edited frame made here drops into the engine without any further resizing.
 """
 
