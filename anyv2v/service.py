@@ -484,25 +484,18 @@ class EditEstimator:
         with self._lock:
             return self.measured.get(kind, DEFAULT_THROUGHPUT.get(kind, DEFAULT_THROUGHPUT["cpu"]))
 
-    @staticmethod
-    def unet_calls(config: EditConfig, frames: int, cached_inversion: bool) -> dict[str, Any]:
-        branches = 3 if config.guidance > 1 else 2
-        return {
-            "inversion": 0 if cached_inversion else config.inversion_steps,
-            "sampling": {str(branches): max(config.steps - config.start_index, 0)},
-        }
-
     def estimate(self, config: EditConfig, frames: int, size: tuple[int, int], device: str,
                  cached_inversion: bool = False) -> float | None:
         """Seconds of UNet work for this edit on `device`; None when the model's config cannot be read."""
-        from .bench import edit_flops
+        from .bench import edit_flops, predicted_unet_calls
 
         try:
             per_call = _unet_flops(config.model, int(frames), int(size[1]), int(size[0]))
         except Exception as exc:  # noqa: BLE001 - an estimate is optional; the edit itself reports real errors
             logger.info("no time estimate: %s", exc)
             return None
-        flops = edit_flops(self.unet_calls(config, frames, cached_inversion), per_call)["total"]
+        # The engine's own call plan (the source branch leaves the batch after the last injected step).
+        flops = edit_flops(predicted_unet_calls(config, cached_inversion), per_call)["total"]
         return flops / self.throughput(device)
 
     def record(self, config: EditConfig, result: EditResult, device: str) -> None:
