@@ -318,7 +318,7 @@ def test_estimate_from_flops_refined_by_the_last_edit(tiny_model):
     per_call = service._unet_flops(str(tiny_model), 8, 64, 64)
     # 10 inversion calls; tau_ta 0.5 of 10 steps: 5 calls of batch 3 (with the source), then 5 of batch 2
     assert first == pytest.approx((10 + 3 * 5 + 2 * 5) * per_call / service.DEFAULT_THROUGHPUT["cpu"])
-    result = EditResult(Path("a.mp4"), Path("a.json"), False, {"inversion": 10, "sampling": {"3": 10}},
+    result = EditResult(Path("a.mp4"), Path("a.json"), False, {"inversion": 10, "sampling": {"3": 5, "2": 5}},
                         {"inversion": 1.0, "sampling": 3.0, "load": 9.0}, [], 8, (64, 64), 8)
     estimator.record(config, result, "cpu")
     assert estimator.estimate(config, 8, (64, 64), "cpu") == pytest.approx(4.0)  # the measured pace
