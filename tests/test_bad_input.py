@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -30,9 +31,12 @@ def run_cli(tiny_model, demo, tmp_path, capsys):
     return run
 
 
+PROGRESS_BAR = re.compile(r"^[\w ]+:\s+\d+%\|")  # a tqdm bar of a stage that ran before the failure
+
+
 def assert_clean_failure(code: int, err: str, out, *needles: str) -> None:
     assert code == 1
-    lines = err.splitlines()
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_BAR.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     for needle in needles:
