@@ -205,7 +205,7 @@ def test_edit_video_twice_reuses_the_inversion(client, server):
 def test_cancel_stops_the_engine_between_steps(client, server):
     from gradio_client import handle_file
 
-    before = set(server.output_dir.glob("anyv2v-*.mp4"))
+    before = set(server.output_dir.glob("*-edit-*.mp4"))
     job = client.submit(
         video=handle_file(str(CLIP)), edited_frame=handle_file(str(EDITED)), prompt=PROMPT, api_name="/edit_video",
         **{**TINY_EDIT, "inversion_steps": 100, "seed": 4242},  # long enough to cancel midway
@@ -219,7 +219,7 @@ def test_cancel_stops_the_engine_between_steps(client, server):
     while "video edit stopped after a cancel" not in server.log():
         assert time.monotonic() < deadline, server.log()[-2000:]
         time.sleep(0.2)
-    assert set(server.output_dir.glob("anyv2v-*.mp4")) == before  # nothing written
+    assert set(server.output_dir.glob("*-edit-*.mp4")) == before  # nothing written
 
 
 def test_edit_video_errors_are_actionable(client, server, tmp_path):

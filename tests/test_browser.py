@@ -141,7 +141,7 @@ def test_upload_edit_with_manual_frame_and_play_result(page, server, tmp_path):
     expect(page.locator("#edit-status")).to_contain_text("8 frames, 64×64, 8 fps")
     expect(page.locator("#downloads")).to_contain_text(".json")
     assert "Traceback" not in page.content()
-    outputs = sorted(server.output_dir.glob("anyv2v-*.mp4"))
+    outputs = sorted(server.output_dir.glob("*-edit-*.mp4"))
     assert outputs and outputs[-1].with_suffix(".json").is_file()
 
 
