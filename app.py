@@ -442,6 +442,28 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                 show_progress_on=[gallery], api_visibility="private",
             )
 
+        # A click on the first frame sets the inputs an editor takes from a position (e.g. InstantID's face).
+        for editor, widgets, _, _ in editor_tabs:
+            click_widgets = [widgets[name] for name in editor.click_inputs if name in widgets]
+            if not click_widgets:
+                continue
+
+            def make_click_fn(editor: Editor, names: list[str]) -> Callable[..., Any]:
+                async def on_frame_click(state: dict | None, evt: gr.SelectData):
+                    if not state:
+                        raise gr.Error("Upload a video in step 1 first.")
+                    x, y = evt.index
+                    with reported(f"reading the click for {editor.title}"):
+                        frame = as_image(state["first_frame"], "first frame").convert("RGB")
+                        values = await asyncio.to_thread(jobs.frame_click_values, editor.name, frame, x, y)
+                    gr.Info(f"{editor.title}: " + ", ".join(f"{name} = {values[name]}" for name in names))
+                    return [values[name] for name in names]
+
+                return on_frame_click
+
+            first_frame.select(make_click_fn(editor, list(editor.click_inputs)), [clip_state], click_widgets,
+                               concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID, api_visibility="private")
+
         def on_select(evt: gr.SelectData) -> int:
             return int(evt.index)
 

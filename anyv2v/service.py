@@ -1094,6 +1094,16 @@ class EditService:
         self.prune(keep=paths)
         return paths
 
+    def frame_click_values(self, editor_name: str, frame: Image.Image, x: float, y: float) -> dict[str, Any]:
+        """An editor's input values for a click at (x, y) on the first frame (e.g. InstantID's face number)."""
+        import editors
+
+        editor = editors.get_editor(editor_name)
+        reason = editor.unavailable_reason()
+        if reason:
+            raise AnyV2VError(reason)
+        return editor.values_at(frame, x, y)
+
     # ---- step 3: the video ------------------------------------------------------------------------------
 
     def _model_key(self) -> tuple:

@@ -264,6 +264,13 @@ class Editor(abc.ABC):
             raise EditorError(f"the {self.name} editor uses no model.")
         return chosen
 
+    # Inputs a click on the first frame can set (e.g. which face to edit); see `values_at`.
+    click_inputs: tuple[str, ...] = ()
+
+    def values_at(self, frame: Image.Image, x: float, y: float) -> dict[str, Any]:
+        """Values of `click_inputs` for a click at pixel (x, y) of `frame` (the app wires clicks to this)."""
+        return {}
+
     def unavailable_reason(self, model: str | None = None) -> str | None:
         """Why this editor cannot run here (a missing optional package or model file), with what to install or
         download; None when it can. Cheap: never loads a model. The app still shows the tab with this text."""

@@ -118,7 +118,8 @@ class InstantIDEditor(Editor):
             maximum=MAX_FACE_INDEX,
             step=1,
             help="Which face of the frame gets the new identity: 0 = the largest (refused when several are of "
-            "similar size), 1..N = the N-th face from the left.",
+            "similar size), 1..N = the N-th face from the left. In the app, a click on a face in the first frame "
+            "sets it.",
         ),
         EditorInput(
             "strength",
@@ -212,6 +213,11 @@ class InstantIDEditor(Editor):
         return self.load_model(
             f"{model_key(str(folder))}+{model_key(base)}", device, dtype, lambda: _load(folder, base, device, dtype)
         )
+
+    click_inputs = ("face",)
+
+    def values_at(self, frame: Image.Image, x: float, y: float) -> dict[str, Any]:
+        return {"face": self.face_at(frame, x, y)}
 
     def face_at(self, frame: Image.Image, x: float, y: float) -> int:
         """The `face` value for a click at pixel (x, y) of the frame (for a UI that lets users click a face)."""

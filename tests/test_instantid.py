@@ -105,6 +105,12 @@ def test_a_click_picks_the_face_under_it(use_tiny):
     assert editor.face_at(frame, 60, 20) == 2 and editor.face_at(frame, 10, 30) == 1
     assert editor.face_at(frame, 40, 5) == 1  # outside both boxes: the nearest centre
     assert editor.face_at(scene(boxes=()), 10, 10) == 0
+    # The app's click on the first frame goes through the editor interface and the service layer.
+    assert editor.click_inputs == ("face",) and editor.values_at(frame, 60, 20) == {"face": 2}
+    from anyv2v.service import AppSettings, EditService
+
+    service = EditService(AppSettings(output_dir=str(use_tiny.parent / "outputs")))
+    assert service.frame_click_values("instantid", frame, 10, 30) == {"face": 1}
 
 
 def test_grey_and_transparent_photos_become_rgb():
