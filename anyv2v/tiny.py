@@ -71,12 +71,31 @@ MID_SIZE_UNET = {
 }
 
 
+def tiny_autoencoder(block_out_channels: tuple[int, ...] = (8, 8, 16, 16), norm_num_groups: int = 4, **config):
+    """A tiny random AutoencoderKL with Stable Diffusion's four blocks, so latents are 1/8 of the frame as with
+    the real VAEs (I2VGen-XL, SD, SDXL); `config` sets the rest (e.g. scaling_factor)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=block_out_channels,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=norm_num_groups,
+        sample_size=64,
+        **config,
+    )
+
+
 def make_tiny_model(directory: str | os.PathLike, seed: int = 0, unet_config: dict | None = None) -> Path:
     """Save a tiny random I2VGen-XL (same component classes as the hub model) to `directory`.
 
     `unet_config` replaces the tiny UNet's config (e.g. MID_SIZE_UNET; its cross_attention_dim must be 32).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
+    from diffusers import DDIMScheduler, I2VGenXLUNet
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     out = Path(directory)
@@ -100,18 +119,7 @@ def make_tiny_model(directory: str | os.PathLike, seed: int = 0, unet_config: di
     )
     unet.save_pretrained(out / "unet", safe_serialization=True)
 
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-        scaling_factor=0.18215,
-    )
+    vae = tiny_autoencoder(scaling_factor=0.18215)
     vae.save_pretrained(out / "vae", safe_serialization=True)
 
     tokenizer, text_encoder = tiny_clip_text(hidden)

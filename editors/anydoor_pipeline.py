@@ -31,6 +31,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import Dinov2Config, Dinov2Model
 
+from anyv2v.tiny import tiny_autoencoder
+
 # DINOv2's ImageNet normalisation (`FrozenDinoV2Encoder` in the official code).
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -287,17 +289,7 @@ def tiny_unet_config(cross_attention_dim: int = 32) -> dict:
 
 
 def tiny_vae() -> AutoencoderKL:
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,  # latents at 1/8 like Stable Diffusion's VAE
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 32, 64, 64),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=32,
-        sample_size=64,
-    )
+    return tiny_autoencoder((32, 32, 64, 64), norm_num_groups=32)
 
 
 def zero_conv_in(controlnet: ControlNetModel) -> ControlNetModel:

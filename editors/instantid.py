@@ -306,10 +306,10 @@ def _load(folder: Path, base: str, device: str | None, dtype: str | None) -> Any
 
 def make_tiny_instantid(directory: str | os.PathLike, seed: int = 0) -> Path:
     """Save a tiny random InstantID (SDXL UNet/VAE/two CLIP text encoders, IdentityNet, IP-Adapter) to `directory`."""
-    from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from anyv2v.tiny import tiny_clip_text
+    from anyv2v.tiny import tiny_autoencoder, tiny_clip_text
 
     out = empty_target_dir(directory)
     text_width = 32  # each text encoder; the UNet sees both side by side (64)
@@ -337,19 +337,7 @@ def make_tiny_instantid(directory: str | os.PathLike, seed: int = 0) -> Path:
         with torch.no_grad():  # a trained IdentityNet's output convolutions are not zero: let it matter
             for conv in [*identitynet.controlnet_down_blocks, identitynet.controlnet_mid_block]:
                 conv.weight.normal_(0.0, 0.05)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 8, 16, 16),
-            latent_channels=4,
-            layers_per_block=1,
-            norm_num_groups=4,
-            sample_size=64,
-            scaling_factor=0.13025,  # SDXL's VAE
-            force_upcast=False,
-        )
+        vae = tiny_autoencoder(scaling_factor=0.13025, force_upcast=False)  # SDXL's VAE scaling
         tokenizer, text_encoder = tiny_clip_text(text_width)
         tokenizer_2, _ = tiny_clip_text(text_width)
         text_encoder_2 = CLIPTextModelWithProjection(

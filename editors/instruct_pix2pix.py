@@ -18,7 +18,7 @@ from PIL import Image
 
 from anyv2v.backbone import looks_like_path
 from anyv2v.errors import ModelLoadError
-from anyv2v.tiny import tiny_clip_text
+from anyv2v.tiny import tiny_autoencoder, tiny_clip_text
 
 from .base import (
     Editor,
@@ -186,7 +186,6 @@ class InstructPix2PixEditor(Editor):
 def make_tiny_pipeline(directory: str | os.PathLike, seed: int = 0) -> Path:
     """Save a tiny random `StableDiffusionInstructPix2PixPipeline` to `directory` (must be absent or empty)."""
     from diffusers import (
-        AutoencoderKL,
         EulerAncestralDiscreteScheduler,
         StableDiffusionInstructPix2PixPipeline,
         UNet2DConditionModel,
@@ -209,18 +208,7 @@ def make_tiny_pipeline(directory: str | os.PathLike, seed: int = 0) -> Path:
             attention_head_dim=8,
             norm_num_groups=32,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            # Four blocks like Stable Diffusion's VAE: latents are 1/8 of the frame, so tiny runs stay fast.
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(32, 32, 64, 64),
-            latent_channels=4,
-            layers_per_block=1,
-            norm_num_groups=32,
-            sample_size=64,
-        )
+        vae = tiny_autoencoder((32, 32, 64, 64), norm_num_groups=32)
         tokenizer, text_encoder = tiny_clip_text(hidden)
     finally:
         torch.random.set_rng_state(generator_state)  # leave the caller's global RNG as it was
