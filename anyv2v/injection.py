@@ -8,9 +8,11 @@ Both spatial ((B*F, HW, C)) and temporal ((B*HW, F, C)) attention inputs are bat
 first dimension into branches works for both.
 
 With sequential branches (bounded memory) the source branch runs alone first ("capture": its features at the
-sites injected this step are kept in a `SourceFeatures` for that step only), then each edit branch runs alone
-("inject": its Q/K/conv features at those sites are replaced by the stored ones). Same values as the batched
-path: every layer is independent across the batch.
+sites injected this step are kept in a `SourceFeatures` for that step only: the conv feature, and the
+self-attention input from which its Q and K are computed again), then each edit branch runs alone ("inject":
+its Q/K/conv features at those sites are replaced by the source's). Same values as the batched path: every
+layer is independent across the batch. There the attention may also run a slice of rows at a time
+(`max_tokens`, see `anyv2v.attention`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from .attention import attention
 
 CONV_LAYERS = (4,)
 ATTENTION_LAYERS = tuple(range(4, 12))
@@ -63,29 +66,28 @@ class StepInjection:
 
 
 class SourceFeatures:
-    """The source branch's features at the sites injected during one sampling step (sequential branches).
+    """The source branch's features at the sites injected during one sampling step (sequential branches):
+    the conv feature at conv sites, the self-attention input (Q and K are computed from it) at attention sites.
 
     Filled by the "capture" call, read by the "inject" calls of the same step, then dropped with the step.
     """
 
     def __init__(self, step_index: int) -> None:
         self.step_index = step_index
-        self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._tensors: dict[str, torch.Tensor] = {}
 
-    def store(self, site: "Site", first: torch.Tensor, second: torch.Tensor | None) -> None:
-        self._tensors[site.name] = (first, second)
+    def store(self, site: "Site", tensor: torch.Tensor) -> None:
+        self._tensors[site.name] = tensor
 
-    def load(self, site: "Site", branches: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def load(self, site: "Site", branches: int) -> torch.Tensor:
         if site.name not in self._tensors:
             raise RuntimeError(f"no source features at {site.name} for step {self.step_index}; run the source first")
-        first, second = self._tensors[site.name]
-        if branches == 1:
-            return first, second
-        return torch.cat([first] * branches), None if second is None else torch.cat([second] * branches)
+        tensor = self._tensors[site.name]
+        return tensor if branches == 1 else torch.cat([tensor] * branches)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for pair in self._tensors.values() for t in pair if t is not None)
+        return sum(t.numel() * t.element_size() for t in self._tensors.values())
 
     def __len__(self) -> int:
         return len(self._tensors)
@@ -117,18 +119,36 @@ class StepState:
         if self.role != "batched" and self.features is None:
             raise ValueError(f"role {self.role!r} needs the step's SourceFeatures")
 
-    def swap(self, site: "Site", first: torch.Tensor, second: torch.Tensor | None):
-        """The (query, key) or (conv feature, None) this call should use at `site`."""
+    def swap(self, site: "Site", feature: torch.Tensor) -> torch.Tensor:
+        """The conv feature this call should use at `site` (the residual branch after conv2)."""
         if not self.injection.enabled(site.kind):
-            return first, second
+            return feature
         if self.role == "capture":
-            self.features.store(site, first, second)
-            return first, second
+            self.features.store(site, feature)
+            return feature
         if self.role == "inject":
             return self.features.load(site, self.branches)
-        if self.has_source:
-            return _share_source(first, self.branches), None if second is None else _share_source(second, self.branches)
-        return first, second
+        return _share_source(feature, self.branches) if self.has_source else feature
+
+    def query_key(
+        self, site: "Site", attn, inputs: torch.Tensor, context_rows: torch.Tensor, rows: slice
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (query, key) of `rows` at the self-attention `site`, whose input is `inputs` (all rows).
+
+        The source branch's Q and K are functions of its attention input, so "capture" keeps that input (one
+        tensor instead of two) and "inject" computes the source's Q and K from it, rows for rows, with the
+        same projections: the same values the capture call used.
+        """
+        enabled = self.injection.enabled(site.kind)
+        if enabled and self.role == "inject":
+            source = self.features.load(site, self.branches)[rows]
+            return attn.to_q(source), attn.to_k(source)
+        if enabled and self.role == "capture":
+            self.features.store(site, inputs)
+        query, key = attn.to_q(inputs[rows]), attn.to_k(context_rows)
+        if enabled and self.role == "batched" and self.has_source:
+            return _share_source(query, self.branches), _share_source(key, self.branches)
+        return query, key
 
 
 @dataclass(frozen=True)
@@ -177,7 +197,9 @@ def _share_source(tensor: torch.Tensor, branches: int) -> torch.Tensor:
 class InjectionAttnProcessor:
     """Self-attention that, during injected steps, gives the edit branches the source branch's Q and K.
 
-    Mirrors diffusers' AttnProcessor2_0 otherwise, so an uninjected call computes the same attention.
+    Otherwise it is diffusers' AttnProcessor2_0 (`anyv2v.attention.attention`), so an uninjected call computes
+    the same attention; with the injector's `max_tokens` (bounded memory, not the batched path) it computes a
+    slice of rows at a time.
     """
 
     def __init__(self, injector: "FeatureInjector", site: Site) -> None:
@@ -194,54 +216,27 @@ class InjectionAttnProcessor:
         *args,
         **kwargs,
     ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        )
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-
         state = self.injector.state
-        if state is not None:
-            query, key = state.swap(self.site, query, key)
-        if state is not None and self.injector.probe is not None:
-            self.injector.probe(self.site, state, query, key)
+        probe = self.injector.probe if state is not None else None
+        # The batched path shares the source chunk of whole Q/K tensors: it is never sliced.
+        max_tokens = None if state is not None and state.role == "batched" else self.injector.max_tokens
+        probed: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        def query_key(inputs: torch.Tensor, context: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            if state is None:
+                return attn.to_q(inputs[rows]), attn.to_k(context[rows])
+            query, key = state.query_key(self.site, attn, inputs, context[rows], rows)
+            if probe is not None:
+                probed.append((query, key))
+            return query, key
+
+        output = attention(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, query_key=query_key, max_tokens=max_tokens
+        )
+        if probed:
+            queries, keys = zip(*probed)
+            probe(self.site, state, torch.cat(queries), torch.cat(keys))
+        return output
 
 
 class FeatureInjector:
@@ -255,9 +250,10 @@ class FeatureInjector:
     processors are restored and the hook removed, leaving the UNet as it was.
     """
 
-    def __init__(self, unet: torch.nn.Module, probe: Probe | None = None) -> None:
+    def __init__(self, unet: torch.nn.Module, probe: Probe | None = None, max_tokens: int | None = None) -> None:
         self.unet = unet
         self.probe = probe
+        self.max_tokens = max_tokens  # attention slices of at most this many tokens (sequential branches only)
         self.sites = injection_sites(unet)
         self.state: StepState | None = None
         self._saved_processors: list[tuple[torch.nn.Module, object]] = []
@@ -270,6 +266,8 @@ class FeatureInjector:
                 if site.kind == "conv":
                     self._hooks.append(module.register_forward_hook(self._conv_hook(site)))
                 else:
+                    if module.is_cross_attention:
+                        raise ValueError(f"{site.module_path} is a cross-attention; Q/K injection needs self-attention")
                     self._saved_processors.append((module, module.processor))
                     module.set_processor(InjectionAttnProcessor(self, site))
         except BaseException:
@@ -303,7 +301,7 @@ class FeatureInjector:
             state = self.state
             if state is None:
                 return None
-            output, _ = state.swap(site, output, None)
+            output = state.swap(site, output)
             if self.probe is not None:
                 self.probe(site, state, output, None)
             return output

@@ -5,6 +5,9 @@ Options (each gives the plain path's output; tested in fp32 to 1e-5):
   only, then each edit branch alone, so the largest UNet batch in memory is 1 instead of 3;
 - chunked feed-forward: diffusers' per-block `set_chunk_feed_forward`, with a chunk size picked per call so
   each chunk holds at most `FF_CHUNK_TOKENS` tokens (the GEGLU intermediate is the UNet's largest tensor);
+- sliced attention: every attention processor computes at most `ATTENTION_CHUNK_TOKENS` tokens' rows at a
+  time (`anyv2v.attention`; the injection processors slice the same way), so Q, K, V and the attention
+  output exist for one slice only;
 - VAE frame chunks: encode and decode `VAE_FRAMES` frame(s) at a time.
 Attention always goes through PyTorch's `scaled_dot_product_attention` (diffusers' AttnProcessor2_0 and our
 injection processors), which picks the flash / memory-efficient kernels when they apply.
@@ -23,11 +26,14 @@ from typing import Any
 
 import torch
 
+from .attention import SlicedAttnProcessor, slice_rows
 from .config import MEMORY_MODES
 
 # Tokens per feed-forward chunk: large enough to keep the matmuls efficient, small enough that the GEGLU
 # intermediate (tokens x 8 x width) stays far below the rest of the activations.
-FF_CHUNK_TOKENS = 4096
+FF_CHUNK_TOKENS = 1024
+# Tokens per attention slice (rows of dim 0 x sequence length), as for the feed-forward.
+ATTENTION_CHUNK_TOKENS = 4096
 # Frames per VAE call with the memory options on (the plain path encodes 8 and decodes decode_chunk_size).
 VAE_FRAMES = 1
 
@@ -52,17 +58,21 @@ class MemoryPlan:
     mode: str = "off"  # what was asked: auto, on, off
     sequential_branches: bool = False
     chunk_feed_forward: bool = False
+    attention_tokens: int | None = None  # tokens per attention slice; None computes each attention whole
     vae_frames: int | None = None  # frames per VAE call; None keeps the defaults
     reason: str = ""
     estimate: dict[str, Any] = field(default_factory=dict)
 
     @property
     def any(self) -> bool:
-        return self.sequential_branches or self.chunk_feed_forward or self.vae_frames is not None
+        return (
+            self.sequential_branches or self.chunk_feed_forward or self.attention_tokens is not None
+            or self.vae_frames is not None
+        )
 
     @classmethod
     def on(cls, mode: str = "on", reason: str = "forced on (--memory on)", estimate: dict | None = None) -> "MemoryPlan":
-        return cls(mode, True, True, VAE_FRAMES, reason, estimate or {})
+        return cls(mode, True, True, ATTENTION_CHUNK_TOKENS, VAE_FRAMES, reason, estimate or {})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,22 +81,9 @@ class MemoryPlan:
 # ---- the feed-forward chunking plug-in ---------------------------------------------------------------------
 
 
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-    best = 1
-    for d in range(1, int(n**0.5) + 1):
-        if n % d == 0:
-            for candidate in (d, n // d):
-                if best < candidate <= limit:
-                    best = candidate
-    return best
-
-
 def feed_forward_chunk(shape: torch.Size, max_tokens: int) -> int | None:
     """Rows of dim 0 per feed-forward chunk for an input of `shape` (N, L, C); None when it fits unchunked."""
-    rows, length = int(shape[0]), int(shape[1])
-    if rows * length <= max_tokens:
-        return None
-    return _largest_divisor_at_most(rows, max(1, max_tokens // max(length, 1)))
+    return slice_rows(int(shape[0]), int(shape[1]), max_tokens)
 
 
 @contextlib.contextmanager
@@ -115,12 +112,25 @@ def chunked_feed_forward(unet: torch.nn.Module, max_tokens: int = FF_CHUNK_TOKEN
 
 
 @contextlib.contextmanager
+def sliced_attention(unet: torch.nn.Module, max_tokens: int = ATTENTION_CHUNK_TOKENS) -> Iterator[None]:
+    """Every attention of `unet` computes at most `max_tokens` tokens' rows at a time, for the block; the
+    processors in place before are restored on exit (diffusers' `attn_processors` / `set_attn_processor`)."""
+    saved = unet.attn_processors
+    unet.set_attn_processor(SlicedAttnProcessor(max_tokens))
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(saved)
+
+
+@contextlib.contextmanager
 def memory_plugins(unet: torch.nn.Module, plan: MemoryPlan | None) -> Iterator[None]:
-    """Install the UNet-side options of `plan` (feed-forward chunking) for the block."""
-    if plan is not None and plan.chunk_feed_forward:
-        with chunked_feed_forward(unet):
-            yield
-    else:
+    """Install the UNet-side options of `plan` (feed-forward chunking, sliced attention) for the block."""
+    with contextlib.ExitStack() as stack:
+        if plan is not None and plan.chunk_feed_forward:
+            stack.enter_context(chunked_feed_forward(unet))
+        if plan is not None and plan.attention_tokens is not None:
+            stack.enter_context(sliced_attention(unet, plan.attention_tokens))
         yield
 
 

@@ -87,7 +87,7 @@ def sample(
     with (
         backbone.on_device(backbone.unet),
         memory_plugins(backbone.unet, memory),
-        FeatureInjector(backbone.unet, probe=probe) as injector,
+        FeatureInjector(backbone.unet, probe=probe, max_tokens=memory.attention_tokens if memory else None) as injector,
     ):
         for done, step_index in enumerate(range(settings.start_index, settings.steps)):
             check_stop(should_stop)

@@ -14,7 +14,8 @@ import torch
 from anyv2v.cache import Inversion, InversionCache
 from anyv2v.config import EditConfig
 from anyv2v.injection import injection_sites
-from anyv2v.memory import MemoryPlan, chunked_feed_forward, feed_forward_chunk, plan_memory
+from anyv2v.attention import slice_rows
+from anyv2v.memory import MemoryPlan, chunked_feed_forward, feed_forward_chunk, plan_memory, sliced_attention
 from anyv2v.pipeline import BACKBONES, get_inversion, prepare_clip, prepare_edit_image, run_edit
 from anyv2v.sampler import SamplingSettings, sample
 from anyv2v.schedule import sampling_timesteps
@@ -92,8 +93,10 @@ def test_sequential_branches_equal_batched_with_injection_at_every_site_and_step
     batched_calls, sequential_calls = Counter(), Counter()
     batched = sample(backbone, inversion, clip.first_frame, edited, settings, batched_calls,
                      probe=recording_probe(batched_features))
+    # Every option on, attention sliced hard: spatial (8 frames, 64 tokens) 1 frame at a time, temporal 8 rows.
+    plan = dataclasses.replace(MemoryPlan.on(), attention_tokens=64)
     sequential = sample(backbone, inversion, clip.first_frame, edited, settings, sequential_calls,
-                        probe=recording_probe(sequential_features), memory=MemoryPlan.on())
+                        probe=recording_probe(sequential_features), memory=plan)
     # 1e-5 relative to the latents' scale: batch-1 and batch-3 matmuls round differently and guidance 9
     # amplifies that float32 noise (the 64-frame mid-size bench run agreed to 4.5e-7).
     torch.testing.assert_close(sequential, batched, atol=1e-5 * float(batched.abs().max()), rtol=1e-5)
@@ -129,7 +132,7 @@ def test_sequential_branches_without_guidance_and_with_a_start_index(backbone, k
     assert calls == Counter({1: 2 * 2 + 2})  # steps 1, 2 with the source, 3, 4 without
 
 
-# ---- chunked feed-forward and VAE give the plain output --------------------------------------------------------
+# ---- chunked feed-forward, sliced attention and VAE chunks give the plain output ---------------------------------
 
 
 def test_chunked_feed_forward_equals_plain_and_really_chunks(backbone, kitten):
@@ -158,6 +161,44 @@ def test_chunked_feed_forward_equals_plain_and_really_chunks(backbone, kitten):
     assert not any(m._forward_pre_hooks for m in unet.modules())
     assert feed_forward_chunk(torch.Size([8, 64, 32]), 16) == 1 and feed_forward_chunk(torch.Size([64, 8, 32]), 16) == 2
     assert feed_forward_chunk(torch.Size([64, 8, 32]), 10**6) is None
+
+
+def test_sliced_attention_equals_plain_and_really_slices(backbone, kitten):
+    config, clip, edited, inversion = kitten
+    unet = backbone.unet
+    latents = inversion.at(801)
+    text = backbone.encode_prompt(["a dog"])
+    image = backbone.encode_image(edited)
+    image_latents = backbone.first_frame_latents(edited, FRAMES, 0)
+    rows_seen: Counter = Counter()
+    handles = [m.to_v.register_forward_hook(lambda _m, args, _o, n=name: rows_seen.update({n: args[0].shape[0]}))
+               for name, m in unet.named_modules() if hasattr(m, "set_processor")]
+    processors = unet.attn_processors
+    try:
+        with torch.no_grad():
+            plain = backbone.unet_forward(latents, 801, text, image, image_latents, 8)
+            calls_plain = Counter({name: 1 for name in rows_seen})
+            largest_plain = dict(rows_seen)
+            rows_seen.clear()
+            slices: Counter = Counter()
+            counting = [m.to_v.register_forward_hook(lambda *_, n=name: slices.update([n]))
+                        for name, m in unet.named_modules() if hasattr(m, "set_processor")]
+            handles += counting
+            with sliced_attention(unet, max_tokens=16):  # spatial (8, 64): 1 frame a slice; temporal (64, 8): 2 rows
+                sliced = backbone.unet_forward(latents, 801, text, image, image_latents, 8)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(sliced, plain, atol=1e-5, rtol=1e-5)
+    # Each attention saw its rows in slices that sum to the whole batch, and really sliced.
+    assert rows_seen == largest_plain and slices.keys() == calls_plain.keys()
+    spatial = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    temporal = "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1"
+    assert slices[spatial] == FRAMES and slices[temporal] == (SIZE // 8) ** 2 // 2
+    # The processors in place before are back, with no hook left.
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
+    assert slice_rows(8, 64, 16) == 1 and slice_rows(64, 8, 16) == 2 and slice_rows(64, 8, 10**6) is None
+    assert slice_rows(6, 8, 32) == 3  # a divisor of the rows: slices of equal size
 
 
 def test_vae_in_frame_chunks_equals_plain(backbone, kitten):
