@@ -38,13 +38,13 @@ ATTENTION_CHUNK_TOKENS = 4096
 VAE_FRAMES = 1
 
 # Peak-activation constants of the formula in `estimate_peak_bytes`, in units of one full-resolution UNet
-# feature map (frames x h x w x block_out_channels[0] values) per batch item. Fitted to the CPU peak-RSS
-# measurement of the mid-size random I2VGen-XL at 64 x 128 x 128 (README "Bounded memory"), minus the
-# process's RSS after loading: plain 1.47 GB at batch 3 (58 units per item), options on 0.74 GB at batch 1
-# (88 units: at this size feed-forward chunking saves little and the skip connections, resnet and attention
-# tensors remain), rounded up.
-UNET_PEAK_PLAIN = 60.0
-UNET_PEAK_CHUNKED = 90.0
+# feature map (frames x h x w x block_out_channels[0] values) per batch item. Fitted to the CPU peak RSS of the
+# mid-size random I2VGen-XL at 64 frames (README "Bounded memory"), minus the RSS of the same run at 2 frames
+# (the process, its libraries and the weights): plain 0.84 GB at 128x128 and 2.84 GB at 256x256 at batch 3
+# (33 and 28 units per item), options on 0.32 GB and 0.86 GB at batch 1 (38 and 26 units: the source
+# features kept for the step are about 8 of them), rounded up.
+UNET_PEAK_PLAIN = 35.0
+UNET_PEAK_CHUNKED = 40.0
 # The VAE decoder's peak per decoded frame, in units of H x W x vae block_out_channels[0] values.
 VAE_PEAK_PER_FRAME = 12.0
 # Share of the free memory an estimate may use before the options are turned on.

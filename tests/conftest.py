@@ -1,4 +1,5 @@
-"""Shared fixtures: offline hub, the demo data beside the repo, a tiny I2VGen-XL saved to disk once."""
+"""Shared fixtures: offline hub, the demo data beside the repo, a tiny I2VGen-XL saved to disk once, and the
+kitten clip inverted with it (at the `STEPS` of the test module asking)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,27 @@ def tiny_model(tmp_path_factory) -> Path:
     from anyv2v.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-i2vgen-xl")
+
+
+@pytest.fixture(scope="session")
+def backbone(tiny_model):
+    from anyv2v.pipeline import BACKBONES
+
+    return BACKBONES.get(str(tiny_model))
+
+
+@pytest.fixture(scope="module")
+def kitten(request, tiny_model, demo, tmp_path_factory):
+    """The prepared kitten clip, its edited frame and its inversion at the module's STEPS (sampling tests)."""
+    from collections import Counter
+
+    from anyv2v.cache import InversionCache
+    from anyv2v.pipeline import BACKBONES, get_inversion, prepare_clip, prepare_edit_image
+
+    from .engine_helpers import small_config
+
+    config = small_config(tiny_model, tmp_path_factory.mktemp("cache"), request.module.STEPS)
+    clip = prepare_clip(demo / "kitten.mp4", config)
+    edited, _ = prepare_edit_image(demo / "edited" / "kitten__dog.png", clip, config)
+    inversion, _ = get_inversion(BACKBONES.get(str(tiny_model)), clip, config, InversionCache(config.cache_dir, 2**30), Counter())
+    return config, clip, edited, inversion

@@ -16,23 +16,19 @@ from anyv2v.backbone import load_backbone
 from anyv2v.cache import InversionCache
 from anyv2v.config import EditConfig
 from anyv2v.injection import InjectionSchedule, injection_sites
-from anyv2v.pipeline import BACKBONES, get_inversion, prepare_clip, prepare_edit_image, run_edit
+from anyv2v.pipeline import BACKBONES, run_edit
 from anyv2v.sampler import SamplingSettings, sample
 from anyv2v.schedule import sampling_timesteps
 
+from . import engine_helpers
 from .conftest import REPO
+from .engine_helpers import FRAMES, SIZE
 
-SIZE = 64
-FRAMES = 8
 STEPS = 10
 
 
 def small_config(tiny_model, cache_dir, **changes) -> EditConfig:
-    base = EditConfig(
-        model=str(tiny_model), width=SIZE, height=SIZE, frames=FRAMES, steps=STEPS, inversion_steps=STEPS,
-        cache_dir=str(cache_dir),
-    )
-    return base.replace(**changes).validate()
+    return engine_helpers.small_config(tiny_model, cache_dir, STEPS).replace(**changes).validate()
 
 
 def probe_video(path):
@@ -46,22 +42,6 @@ def probe_video(path):
             "codec": stream.codec_context.name,
             "audio": bool(container.streams.audio),
         }
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_model):
-    return BACKBONES.get(str(tiny_model))
-
-
-@pytest.fixture(scope="module")
-def kitten(tiny_model, demo, tmp_path_factory):
-    """Prepared kitten clip, its edited frame and its inversion (shared by the sampling tests)."""
-    config = small_config(tiny_model, tmp_path_factory.mktemp("cache"))
-    clip = prepare_clip(demo / "kitten.mp4", config)
-    edited, _ = prepare_edit_image(demo / "edited" / "kitten__dog.png", clip, config)
-    backbone = BACKBONES.get(str(tiny_model))
-    inversion, _ = get_inversion(backbone, clip, config, InversionCache(config.cache_dir, 2**30), Counter())
-    return config, clip, edited, inversion
 
 
 def settings_for(config: EditConfig, **changes) -> SamplingSettings:

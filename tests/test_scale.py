@@ -11,17 +11,18 @@ import av
 import pytest
 import torch
 
+from anyv2v.attention import slice_rows
 from anyv2v.cache import Inversion, InversionCache
 from anyv2v.config import EditConfig
 from anyv2v.injection import injection_sites
-from anyv2v.attention import slice_rows
 from anyv2v.memory import MemoryPlan, chunked_feed_forward, feed_forward_chunk, plan_memory, sliced_attention
-from anyv2v.pipeline import BACKBONES, get_inversion, prepare_clip, prepare_edit_image, run_edit
+from anyv2v.pipeline import BACKBONES, get_inversion, prepare_clip, run_edit
 from anyv2v.sampler import SamplingSettings, sample
 from anyv2v.schedule import sampling_timesteps
 
-SIZE = 64
-FRAMES = 8
+from . import engine_helpers
+from .engine_helpers import FRAMES, SIZE
+
 STEPS = 5
 
 # ali-vilab/i2vgen-xl unet/config.json on the hub (without the "_" keys), as published.
@@ -34,25 +35,7 @@ HUB_UNET_CONFIG = json.loads("""{
 
 
 def small_config(tiny_model, cache_dir, **changes) -> EditConfig:
-    base = EditConfig(
-        model=str(tiny_model), width=SIZE, height=SIZE, frames=FRAMES, steps=STEPS, inversion_steps=STEPS,
-        cache_dir=str(cache_dir),
-    )
-    return base.replace(**changes).validate()
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_model):
-    return BACKBONES.get(str(tiny_model))
-
-
-@pytest.fixture(scope="module")
-def kitten(tiny_model, demo, tmp_path_factory):
-    config = small_config(tiny_model, tmp_path_factory.mktemp("cache"))
-    clip = prepare_clip(demo / "kitten.mp4", config)
-    edited, _ = prepare_edit_image(demo / "edited" / "kitten__dog.png", clip, config)
-    inversion, _ = get_inversion(BACKBONES.get(str(tiny_model)), clip, config, InversionCache(config.cache_dir, 2**30), Counter())
-    return config, clip, edited, inversion
+    return engine_helpers.small_config(tiny_model, cache_dir, STEPS).replace(**changes).validate()
 
 
 # ---- real-size configs, counted on the meta device ----------------------------------------------------------
@@ -230,9 +213,9 @@ def test_memory_auto_turns_the_options_on_only_when_needed():
     assert not roomy.any and "plain path" in roomy.reason
     tight = plan_memory("auto", frames=128, free_bytes=20 * gib, **common)
     assert tight.sequential_branches and tight.chunk_feed_forward and tight.vae_frames == 1
-    # The model predicts about half the plain peak at 128 frames (the CPU bench measured 0.64 of the plain
-    # process peak, weights included: README "Measured").
-    assert tight.estimate["bounded_bytes"] < 0.55 * tight.estimate["plain_bytes"]
+    # The model predicts about 0.4 of the plain activations (the CPU bench measured 0.38 at 128x128 and 0.30 at
+    # 256x256 beyond the fixed process: README "Long clips and bounded memory").
+    assert tight.estimate["bounded_bytes"] < 0.45 * tight.estimate["plain_bytes"]
     assert not plan_memory("off", frames=128, free_bytes=1, **common).any
     assert plan_memory("on", frames=2, free_bytes=100 * gib, **common).any
     # The estimate grows linearly with the frame count.
