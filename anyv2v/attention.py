@@ -12,17 +12,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-# (input, context, rows) -> (query, key) of those rows, given the whole input and context (the context has
-# one row, or as many as the input): lets a plug-in replace Q and K.
+# (input, context, rows) -> (query, key) of those rows, given the whole input and context (same rows):
+# lets a plug-in replace Q and K.
 QueryKey = Callable[[torch.Tensor, torch.Tensor, slice], "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def _rows_of(context: torch.Tensor, inputs: torch.Tensor, rows: slice) -> torch.Tensor:
-    return context[rows] if context.shape[0] == inputs.shape[0] else context
-
-
 def _query_key(attn, inputs: torch.Tensor, context: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    return attn.to_q(inputs[rows]), attn.to_k(_rows_of(context, inputs, rows))
+    return attn.to_q(inputs[rows]), attn.to_k(context[rows])
 
 
 def slice_rows(batch: int, length: int, max_tokens: int | None) -> int | None:
@@ -69,11 +65,15 @@ def attention(
         context = attn.norm_encoder_hidden_states(encoder_hidden_states)
     else:
         context = encoder_hidden_states
+    if context.shape[0] != hidden_states.shape[0]:
+        # Multi-head attention pairs row i of the input with row i of the context (diffusers' UNets repeat the
+        # text per frame); anything else would mix rows.
+        raise ValueError(f"the attention context has {context.shape[0]} rows for {hidden_states.shape[0]} input rows")
     rows = slice_rows(hidden_states.shape[0], hidden_states.shape[1], max_tokens) or hidden_states.shape[0]
     output = None
     for start in range(0, hidden_states.shape[0], rows):
         part = slice(start, start + rows)
-        part_context = _rows_of(context, hidden_states, part)
+        part_context = context[part]
         part_mask = attention_mask
         if attention_mask is not None and attention_mask.shape[0] == hidden_states.shape[0]:
             part_mask = attention_mask[part]
@@ -118,7 +118,8 @@ def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
 
 
 class SlicedAttnProcessor:
-    """A diffusers attention processor computing `max_tokens` tokens' worth of rows at a time (same values)."""
+    """A diffusers attention processor computing `max_tokens` tokens' worth of rows at a time (one row when a row
+    is longer), with AttnProcessor2_0's values."""
 
     def __init__(self, max_tokens: int) -> None:
         self.max_tokens = max_tokens

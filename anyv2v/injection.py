@@ -141,7 +141,7 @@ class StepState:
         """
         enabled = self.injection.enabled(site.kind)
         if enabled and self.role == "inject":
-            source = self.features.load(site, self.branches)[rows]
+            source = self.features.load(site, self.branches)[rows]  # the sampler's inject calls have 1 branch
             return attn.to_q(source), attn.to_k(source)
         if enabled and self.role == "capture":
             self.features.store(site, inputs)
@@ -218,8 +218,9 @@ class InjectionAttnProcessor:
     ) -> torch.Tensor:
         state = self.injector.state
         probe = self.injector.probe if state is not None else None
-        # The batched path shares the source chunk of whole Q/K tensors: it is never sliced.
-        max_tokens = None if state is not None and state.role == "batched" else self.injector.max_tokens
+        # A batched call that shares the source chunk needs whole Q/K tensors: it is not sliced.
+        sharing = state is not None and state.role == "batched" and state.has_source and state.injection.enabled(self.site.kind)
+        max_tokens = None if sharing else self.injector.max_tokens
         probed: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def query_key(inputs: torch.Tensor, context: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,9 +5,9 @@ Options (each gives the plain path's output; tested in fp32 to 1e-5):
   only, then each edit branch alone, so the largest UNet batch in memory is 1 instead of 3;
 - chunked feed-forward: diffusers' per-block `set_chunk_feed_forward`, with a chunk size picked per call so
   each chunk holds at most `FF_CHUNK_TOKENS` tokens (the GEGLU intermediate is the UNet's largest tensor);
-- sliced attention: every attention processor computes at most `ATTENTION_CHUNK_TOKENS` tokens' rows at a
-  time (`anyv2v.attention`; the injection processors slice the same way), so Q, K, V and the attention
-  output exist for one slice only;
+- sliced attention: every attention computes at most `ATTENTION_CHUNK_TOKENS` tokens' rows at a time (one
+  row when a row is longer; `anyv2v.attention`; the injection processors slice the same way), so Q, K, V and
+  the attention output exist for one slice only;
 - VAE frame chunks: encode and decode `VAE_FRAMES` frame(s) at a time.
 Attention always goes through PyTorch's `scaled_dot_product_attention` (diffusers' AttnProcessor2_0 and our
 injection processors), which picks the flash / memory-efficient kernels when they apply.
@@ -113,10 +113,14 @@ def chunked_feed_forward(unet: torch.nn.Module, max_tokens: int = FF_CHUNK_TOKEN
 
 @contextlib.contextmanager
 def sliced_attention(unet: torch.nn.Module, max_tokens: int = ATTENTION_CHUNK_TOKENS) -> Iterator[None]:
-    """Every attention of `unet` computes at most `max_tokens` tokens' rows at a time, for the block; the
+    """Every attention of `unet` that runs diffusers' AttnProcessor2_0 computes at most `max_tokens` tokens'
+    rows at a time (one row when a row is longer), for the block; other processors are left alone, and the
     processors in place before are restored on exit (diffusers' `attn_processors` / `set_attn_processor`)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
     saved = unet.attn_processors
-    unet.set_attn_processor(SlicedAttnProcessor(max_tokens))
+    sliced = SlicedAttnProcessor(max_tokens)
+    unet.set_attn_processor({name: sliced if type(p) is AttnProcessor2_0 else p for name, p in saved.items()})
     try:
         yield
     finally:
