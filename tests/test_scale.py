@@ -128,22 +128,25 @@ def test_sequential_branches_without_guidance_and_with_a_start_index(backbone, k
 # ---- chunked feed-forward, sliced attention and VAE chunks give the plain output ---------------------------------
 
 
-def test_chunked_feed_forward_equals_plain_and_really_chunks(backbone, kitten):
+def unet_step(backbone, kitten):
+    """One UNet forward of the kitten edit at t = 801 (a function, so a test can run it under plug-ins)."""
     config, clip, edited, inversion = kitten
-    unet = backbone.unet
-    latents = inversion.at(801)
-    text = backbone.encode_prompt(["a dog"])
-    image = backbone.encode_image(edited)
-    image_latents = backbone.first_frame_latents(edited, FRAMES, 0)
+    latents, text = inversion.at(801), backbone.encode_prompt(["a dog"])
+    image, image_latents = backbone.encode_image(edited), backbone.first_frame_latents(edited, FRAMES, 0)
+    return lambda: backbone.unet_forward(latents, 801, text, image, image_latents, 8)
+
+
+def test_chunked_feed_forward_equals_plain_and_really_chunks(backbone, kitten):
+    unet, forward = backbone.unet, unet_step(backbone, kitten)
     ff_calls = Counter()
     handles = [m.ff.register_forward_hook(lambda *_, n=name: ff_calls.update([n]))
                for name, m in unet.named_modules() if hasattr(m, "set_chunk_feed_forward")]
     try:
         with torch.no_grad():
-            plain = backbone.unet_forward(latents, 801, text, image, image_latents, 8)
+            plain = forward()
             plain_calls = sum(ff_calls.values())
             with chunked_feed_forward(unet, max_tokens=16):  # spatial (8, 64) -> 1 frame; temporal (64, 8) -> 2 rows
-                chunked = backbone.unet_forward(latents, 801, text, image, image_latents, 8)
+                chunked = forward()
             chunked_calls = sum(ff_calls.values()) - plain_calls
     finally:
         for handle in handles:
@@ -157,37 +160,34 @@ def test_chunked_feed_forward_equals_plain_and_really_chunks(backbone, kitten):
 
 
 def test_sliced_attention_equals_plain_and_really_slices(backbone, kitten):
-    config, clip, edited, inversion = kitten
-    unet = backbone.unet
-    latents = inversion.at(801)
-    text = backbone.encode_prompt(["a dog"])
-    image = backbone.encode_image(edited)
-    image_latents = backbone.first_frame_latents(edited, FRAMES, 0)
-    rows_seen: Counter = Counter()
-    handles = [m.to_v.register_forward_hook(lambda _m, args, _o, n=name: rows_seen.update({n: args[0].shape[0]}))
-               for name, m in unet.named_modules() if hasattr(m, "set_processor")]
+    unet, forward = backbone.unet, unet_step(backbone, kitten)
+    calls: Counter = Counter()  # to_v calls per attention
+    rows: Counter = Counter()  # rows they saw
+
+    def count(name):
+        def hook(module, args, output):
+            calls.update([name])
+            rows.update({name: args[0].shape[0]})
+
+        return hook
+
+    handles = [m.to_v.register_forward_hook(count(name)) for name, m in unet.named_modules() if hasattr(m, "set_processor")]
     processors = unet.attn_processors
     try:
         with torch.no_grad():
-            plain = backbone.unet_forward(latents, 801, text, image, image_latents, 8)
-            calls_plain = Counter({name: 1 for name in rows_seen})
-            largest_plain = dict(rows_seen)
-            rows_seen.clear()
-            slices: Counter = Counter()
-            counting = [m.to_v.register_forward_hook(lambda *_, n=name: slices.update([n]))
-                        for name, m in unet.named_modules() if hasattr(m, "set_processor")]
-            handles += counting
+            plain = forward()
+            plain_calls, plain_rows = Counter(calls), Counter(rows)
+            calls.clear(), rows.clear()
             with sliced_attention(unet, max_tokens=16):  # spatial (8, 64): 1 frame a slice; temporal (64, 8): 2 rows
-                sliced = backbone.unet_forward(latents, 801, text, image, image_latents, 8)
+                sliced = forward()
     finally:
         for handle in handles:
             handle.remove()
     torch.testing.assert_close(sliced, plain, atol=1e-5, rtol=1e-5)
-    # Each attention saw its rows in slices that sum to the whole batch, and really sliced.
-    assert rows_seen == largest_plain and slices.keys() == calls_plain.keys()
-    spatial = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
-    temporal = "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1"
-    assert slices[spatial] == FRAMES and slices[temporal] == (SIZE // 8) ** 2 // 2
+    # Every attention saw all its rows, in slices.
+    assert set(plain_calls.values()) == {1} and rows == plain_rows and calls.keys() == plain_calls.keys()
+    assert calls["down_blocks.0.attentions.0.transformer_blocks.0.attn1"] == FRAMES
+    assert calls["down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1"] == (SIZE // 8) ** 2 // 2
     # The processors in place before are back.
     assert all(unet.attn_processors[name] is processor for name, processor in processors.items())
     assert slice_rows(8, 64, 16) == 1 and slice_rows(64, 8, 16) == 2 and slice_rows(64, 8, 10**6) is None
