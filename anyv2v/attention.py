@@ -1,8 +1,9 @@
 """Attention as diffusers' AttnProcessor2_0 computes it, optionally a slice of the batch at a time.
 
 Every attention of the I2VGen-XL UNet is independent across dim 0 (spatial blocks: frames; temporal blocks:
-pixels), so computing it `rows` at a time gives the same values while Q, K, V, the attention output and the
-output projection exist for one slice only. With `rows=None` the computation is AttnProcessor2_0's, op for op.
+pixels), so computing it a slice of rows at a time gives the same values while Q, K, V, the attention output
+and its projection exist for one slice only. With `max_tokens=None` it is AttnProcessor2_0's computation, op
+for op (a context must have as many rows as the input).
 """
 
 from __future__ import annotations
