@@ -128,12 +128,17 @@ class StepState:
             return feature
         if self.role == "inject":
             return self.features.load(site, self.branches)
-        return _share_source(feature, self.branches) if self.has_source else feature
+        return _share_source(feature, self.branches) if self.shares_source(site) else feature
+
+    def shares_source(self, site: "Site") -> bool:
+        """A batched call whose edit chunks take the source chunk's features at `site` this step."""
+        return self.role == "batched" and self.has_source and self.injection.enabled(site.kind)
 
     def query_key(
-        self, site: "Site", attn, inputs: torch.Tensor, context_rows: torch.Tensor, rows: slice
+        self, site: "Site", attn, inputs: torch.Tensor, context: torch.Tensor, rows: slice
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (query, key) of `rows` at the self-attention `site`, whose input is `inputs` (all rows).
+        """The (query, key) of `rows` at the self-attention `site`, whose input and context are `inputs` and
+        `context` (all rows; the same tensor for self-attention).
 
         The source branch's Q and K are functions of its attention input, so "capture" keeps that input (one
         tensor instead of two) and "inject" computes the source's Q and K from it, rows for rows, with the
@@ -145,8 +150,8 @@ class StepState:
             return attn.to_q(source), attn.to_k(source)
         if enabled and self.role == "capture":
             self.features.store(site, inputs)
-        query, key = attn.to_q(inputs[rows]), attn.to_k(context_rows)
-        if enabled and self.role == "batched" and self.has_source:
+        query, key = attn.to_q(inputs[rows]), attn.to_k(context[rows])
+        if self.shares_source(site):
             return _share_source(query, self.branches), _share_source(key, self.branches)
         return query, key
 
@@ -217,16 +222,17 @@ class InjectionAttnProcessor:
         **kwargs,
     ) -> torch.Tensor:
         state = self.injector.state
-        probe = self.injector.probe if state is not None else None
+        if state is None:  # outside a sampling step: plain attention
+            return attention(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, max_tokens=self.injector.max_tokens
+            )
+        probe = self.injector.probe
         # A batched call that shares the source chunk needs whole Q/K tensors: it is not sliced.
-        sharing = state is not None and state.role == "batched" and state.has_source and state.injection.enabled(self.site.kind)
-        max_tokens = None if sharing else self.injector.max_tokens
+        max_tokens = None if state.shares_source(self.site) else self.injector.max_tokens
         probed: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def query_key(inputs: torch.Tensor, context: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-            if state is None:
-                return attn.to_q(inputs[rows]), attn.to_k(context[rows])
-            query, key = state.query_key(self.site, attn, inputs, context[rows], rows)
+            query, key = state.query_key(self.site, attn, inputs, context, rows)
             if probe is not None:
                 probed.append((query, key))
             return query, key
