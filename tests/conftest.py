@@ -54,3 +54,21 @@ def kitten(request, tiny_model, demo, tmp_path_factory):
     edited, _ = prepare_edit_image(demo / "edited" / "kitten__dog.png", clip, config)
     inversion, _ = get_inversion(BACKBONES.get(str(tiny_model)), clip, config, InversionCache(config.cache_dir, 2**30), Counter())
     return config, clip, edited, inversion
+
+
+@pytest.fixture(scope="module")
+def single_thread_editor_models():
+    """For editor test modules: one torch thread, and no tiny model kept alive into other modules.
+
+    Tiny models are all overhead and no arithmetic: with several OpenMP threads on a small, busy CI machine
+    they spend most of their time spinning at barriers (measured 100x slower).
+    """
+    import torch
+
+    from editors.base import MODEL_CACHE
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    MODEL_CACHE.clear()

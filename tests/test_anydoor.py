@@ -260,13 +260,7 @@ class NotATensor:
     """A pickled object besides tensors (what a Lightning callback state can hold)."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _module_setup():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    MODEL_CACHE.clear()
+pytestmark = pytest.mark.usefixtures("single_thread_editor_models")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from anyv2v.errors import AnyV2VError, ModelLoadError, OutOfMemoryError
 from anyv2v.video import fit_frame, frame_fitter, load_image, prepare_edited_frame, read_video
 from editors import available_editors, get_editor
 from editors.__main__ import main as cli_main
-from editors.base import MODEL_CACHE, Editor, EditorError, EditorInput
+from editors.base import Editor, EditorError, EditorInput
 from editors.frames import candidate_paths, first_frame, save_png
 from editors.manual import export_source_frame, fit_uploaded_frame
 from editors.nst import CONV_INDEX, VGG19, VGG19_WIDTHS, load_vgg19, stylize, vgg_feature_weights
@@ -34,15 +34,7 @@ STYLE = DEMO / "edited" / "ballet__van_gogh.png"
 SMALL = 64  # working size for pipeline tests: the real demo frame, fitted down by the engine's code
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _module_setup():
-    # Tiny models are all overhead and no arithmetic: with several OpenMP threads on a small, busy CI machine
-    # they spend most of their time spinning at barriers (measured 100x slower), so use one thread here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    MODEL_CACHE.clear()  # do not keep tiny models alive into other test modules
+pytestmark = pytest.mark.usefixtures("single_thread_editor_models")
 
 
 def arrays_equal(a: Image.Image, b: Image.Image) -> bool:

@@ -16,7 +16,7 @@ from anyv2v.cache import Inversion, InversionCache
 from anyv2v.config import EditConfig
 from anyv2v.injection import injection_sites
 from anyv2v.memory import MemoryPlan, chunked_feed_forward, feed_forward_chunk, plan_memory, sliced_attention
-from anyv2v.pipeline import BACKBONES, get_inversion, prepare_clip, run_edit
+from anyv2v.pipeline import get_inversion, prepare_clip, run_edit
 from anyv2v.sampler import SamplingSettings, sample
 from anyv2v.schedule import sampling_timesteps
 
@@ -310,8 +310,7 @@ def test_64_frame_edit_of_a_looped_demo_clip(tiny_model, demo, tmp_path):
 # ---- the inversion cache keeps what sampling reads and checks it on load ----------------------------------------
 
 
-def test_cache_keeps_the_sampling_timesteps_and_serves_coarser_schedules(tiny_model, demo, tmp_path):
-    backbone = BACKBONES.get(str(tiny_model))
+def test_cache_keeps_the_sampling_timesteps_and_serves_coarser_schedules(tiny_model, backbone, demo, tmp_path):
     config = small_config(tiny_model, tmp_path / "cache", frames=4, steps=2, inversion_steps=4)
     clip = prepare_clip(demo / "kitten.mp4", config)
     cache = InversionCache(config.cache_dir, 2**30)
@@ -328,8 +327,7 @@ def test_cache_keeps_the_sampling_timesteps_and_serves_coarser_schedules(tiny_mo
     assert get_inversion(backbone, clip, config, cache, Counter())[1] and len(cache.entries()) == 1
 
 
-def test_bad_cache_entries_are_a_miss_and_get_replaced(tiny_model, demo, tmp_path):
-    backbone = BACKBONES.get(str(tiny_model))
+def test_bad_cache_entries_are_a_miss_and_get_replaced(tiny_model, backbone, demo, tmp_path):
     config = small_config(tiny_model, tmp_path / "cache", frames=4, steps=2, inversion_steps=2)
     clip = prepare_clip(demo / "kitten.mp4", config)
     cache = InversionCache(config.cache_dir, 2**30)
