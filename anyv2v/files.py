@@ -90,6 +90,13 @@ def safe_stem(name: str | os.PathLike, max_length: int = 40) -> str:
     return cleaned or "video"
 
 
+def unique_path(directory: str | os.PathLike, stem: str, suffix: str, digits: int = 10) -> Path:
+    """A new file name in `directory` (created if needed) that no existing file has: `<stem>-<hex><suffix>`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{stem}-{uuid.uuid4().hex[:digits]}{suffix}"
+
+
 def derived_output_path(directory: str | os.PathLike, source: str | os.PathLike, tag: str = "edit", suffix: str = ".mp4") -> Path:
     """`<directory>/<sanitised source stem>-<tag>-<8 hex>.<suffix>`, e.g. outputs/kitten-edit-1a2b3c4d.mp4."""
-    return Path(directory) / f"{safe_stem(source)}-{tag}-{uuid.uuid4().hex[:8]}{suffix}"
+    return unique_path(directory, f"{safe_stem(source)}-{tag}", suffix, digits=8)

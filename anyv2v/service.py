@@ -27,9 +27,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import DEFAULT_MODEL, PRESETS, EditConfig, default_cache_dir, preset_config
 from .errors import AnyV2VError, CancelledError, ConfigError, OutOfMemoryError, VideoError
-from .files import PART_SUFFIX
+from .files import PART_SUFFIX, unique_path
 from .pipeline import BACKBONES, EditResult, PreparedClip, prepare_clip, run_edit
-from .video import MAX_SOURCE_PIXELS, unique_path, write_video
+from .video import MAX_SOURCE_PIXELS, write_video
 
 if TYPE_CHECKING:
     from editors.base import Editor, EditorInput

@@ -9,7 +9,6 @@ import contextlib
 import math
 from collections.abc import Callable
 import os
-import uuid
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -366,13 +365,6 @@ def prepare_edited_frame(
         notes.append(f"edited frame was {image.mode}; converted to RGB")
         image = image.convert("RGB")
     return image, notes
-
-
-def unique_path(directory: str | os.PathLike, stem: str, suffix: str) -> Path:
-    """A new file name in `directory` that no existing file has."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory / f"{stem}-{uuid.uuid4().hex[:10]}{suffix}"
 
 
 def write_video(
