@@ -12,9 +12,7 @@ import warnings
 from typing import Any
 
 from .config import PRESETS, EditConfig, preset_config
-from .errors import AnyV2VError, ConfigError
-
-OOM_ADVICE = "lower the frame count or the size, or turn on CPU offload (--frames, --size, --cpu-offload)."
+from .errors import OOM_ADVICE, AnyV2VError, ConfigError
 
 # CLI flag -> EditConfig field, for flags that override a config file or preset.
 _OVERRIDES = (
@@ -162,7 +160,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from .backbone import load_scheduler_config
     from .cache import InversionCache
     from .device import oom_guard
-    from .pipeline import BACKBONES, OOM_ADVICE, get_inversion, prepare_clip
+    from .pipeline import BACKBONES, get_inversion, prepare_clip
     from .schedule import check_inversion_steps
 
     config = config_from_args(args)

@@ -21,6 +21,10 @@ class OutOfMemoryError(AnyV2VError):
     """The device ran out of memory; the message says which settings to lower."""
 
 
+# What to do when an edit or an inversion runs out of memory (engine, CLI and app alike).
+OOM_ADVICE = "lower the frame count or the size, or turn on CPU offload (CLI: --frames, --size, --cpu-offload), then try again."
+
+
 class CancelledError(AnyV2VError):
     """The user cancelled a running job."""
 

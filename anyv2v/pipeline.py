@@ -21,7 +21,7 @@ from .backbone import Backbone, BackboneCache, load_scheduler_config, looks_like
 from .cache import Inversion, InversionCache, inversion_key
 from .config import EditConfig
 from .device import dtype_name, oom_guard, resolve_device
-from .errors import AnyV2VError, OutputError
+from .errors import OOM_ADVICE, AnyV2VError, OutputError
 from .inversion import ProgressCallback, StopCheck, check_stop, invert
 from .sampler import SamplingSettings, sample
 from .memory import MemoryPlan, plan_memory
@@ -33,7 +33,6 @@ from .video import (
 
 logger = logging.getLogger(__name__)
 
-OOM_ADVICE = "lower the frame count or the size, or turn on CPU offload (CLI: --frames, --size, --cpu-offload), then try again."
 
 # Loaded models stay in the process between edits (the app and repeated CLI calls in one process).
 BACKBONES = BackboneCache(max_entries=1)
