@@ -32,6 +32,15 @@ def unet_flops_per_call(unet_config: dict, frames: int, height: int, width: int,
     return int(counter.get_total_flops())
 
 
+def model_flops_per_call(model: str, frames: int, height: int, width: int, unet_config: dict | None = None) -> int:
+    """`unet_flops_per_call` for the model at `model` (hub id or folder; its UNet config file only is read)."""
+    if unet_config is None:
+        from diffusers import I2VGenXLUNet
+
+        unet_config = dict(I2VGenXLUNet.load_config(model, subfolder="unet"))
+    return unet_flops_per_call(unet_config, frames, height, width)
+
+
 def edit_flops(unet_calls: dict[str, Any], flops_per_call: int) -> dict[str, int]:
     """FLOPs per stage: a batch-B call costs B batch-1 calls (every layer is batch-linear)."""
     inversion = unet_calls["inversion"] * flops_per_call
@@ -120,11 +129,7 @@ def estimate_seconds(
     frames = int(frames or config.frames)
     if frames < 1:
         raise ValueError("estimate_seconds needs the frame count of a whole-clip edit (frames=...)")
-    if unet_config is None:
-        from diffusers import I2VGenXLUNet
-
-        unet_config = dict(I2VGenXLUNet.load_config(config.model, subfolder="unet"))
-    per_call = unet_flops_per_call(unet_config, frames, config.height, config.width)
+    per_call = model_flops_per_call(config.model, frames, config.height, config.width, unet_config)
     calls = predicted_unet_calls(config, cached_inversion)
     flops = edit_flops(calls, per_call)
     if throughput is None:

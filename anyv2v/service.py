@@ -462,15 +462,6 @@ DEFAULT_THROUGHPUT = {"cuda": 60e12, "mps": 5e12, "cpu": 1e11}
 
 
 @functools.lru_cache(maxsize=32)
-def _unet_flops(model: str, frames: int, height: int, width: int) -> int:
-    from diffusers import I2VGenXLUNet
-
-    from .bench import unet_flops_per_call
-
-    unet_config = I2VGenXLUNet.load_config(model, subfolder="unet")
-    return unet_flops_per_call(unet_config, frames, height, width)
-
-
 class EditEstimator:
     """How long an edit will take: its UNet FLOPs (`anyv2v.bench`) over a per-device throughput, refined by the
     last measured edit in this process."""
@@ -487,10 +478,10 @@ class EditEstimator:
     def estimate(self, config: EditConfig, frames: int, size: tuple[int, int], device: str,
                  cached_inversion: bool = False) -> float | None:
         """Seconds of UNet work for this edit on `device`; None when the model's config cannot be read."""
-        from .bench import edit_flops, predicted_unet_calls
+        from .bench import edit_flops, model_flops_per_call, predicted_unet_calls
 
         try:
-            per_call = _unet_flops(config.model, int(frames), int(size[1]), int(size[0]))
+            per_call = model_flops_per_call(config.model, int(frames), int(size[1]), int(size[0]))
         except Exception as exc:  # noqa: BLE001 - an estimate is optional; the edit itself reports real errors
             logger.info("no time estimate: %s", exc)
             return None
@@ -500,11 +491,11 @@ class EditEstimator:
 
     def record(self, config: EditConfig, result: EditResult, device: str) -> None:
         """Refine the throughput with a finished edit (its UNet stages only)."""
-        from .bench import edit_flops
+        from .bench import edit_flops, model_flops_per_call
 
         seconds = (result.seconds or {}).get("inversion", 0.0) + (result.seconds or {}).get("sampling", 0.0)
         try:
-            per_call = _unet_flops(config.model, result.frames, result.size[1], result.size[0])
+            per_call = model_flops_per_call(config.model, result.frames, result.size[1], result.size[0])
         except Exception:  # noqa: BLE001
             return
         flops = edit_flops(result.unet_calls, per_call)["total"]

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from anyv2v import service
+from anyv2v.bench import model_flops_per_call
 from anyv2v.config import DEFAULT_MODEL, PRESETS
 from anyv2v.errors import AnyV2VError, CancelledError, ConfigError, OutOfMemoryError, VideoError
 from anyv2v.pipeline import EditResult
@@ -315,7 +316,7 @@ def test_estimate_from_flops_refined_by_the_last_edit(tiny_model):
     first = estimator.estimate(config, 8, (64, 64), "cpu")
     cached = estimator.estimate(config, 8, (64, 64), "cpu", cached_inversion=True)
     assert first > cached > 0
-    per_call = service._unet_flops(str(tiny_model), 8, 64, 64)
+    per_call = model_flops_per_call(str(tiny_model), 8, 64, 64)
     # 10 inversion calls; tau_ta 0.5 of 10 steps: 5 calls of batch 3 (with the source), then 5 of batch 2
     assert first == pytest.approx((10 + 3 * 5 + 2 * 5) * per_call / service.DEFAULT_THROUGHPUT["cpu"])
     result = EditResult(Path("a.mp4"), Path("a.json"), False, {"inversion": 10, "sampling": {"3": 5, "2": 5}},
