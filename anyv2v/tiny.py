@@ -59,8 +59,10 @@ def tiny_clip_text(hidden: int):
     return tokenizer, text_encoder
 
 
-# A mid-size UNet for CPU memory measurements (README "Bounded memory"): the real layout (12 decoder layers,
-# injection sites), 63 M parameters, full-resolution width 128 so activations dominate the process memory.
+# A mid-size UNet for CPU memory measurements (README "Long clips and bounded memory"): the real layout (12
+# decoder layers, injection sites), 63 M parameters, full-resolution width 128. At 64 frames of 128x128 its
+# activations are about half the plain path's peak RSS (the process and 250 MB of weights the other half); at
+# 256x256 they dominate.
 MID_SIZE_UNET = {
     "sample_size": 16,
     "block_out_channels": (128, 128, 256, 256),
