@@ -107,6 +107,13 @@ def test_view_api_lists_both_endpoints(client):
     assert frame_params[:2] == ["video", "editor"] and "image" in frame_params and "instruction" in frame_params
 
 
+def test_view_api_is_unchanged(client):
+    """The public API (names, parameters, defaults, docs) is exactly what tests/fixtures/view_api.json recorded."""
+    info = client.view_api(print_info=False, return_format="dict")
+    expected = json.loads((Path(__file__).parent / "fixtures" / "view_api.json").read_text())
+    assert json.loads(json.dumps(info)) == expected
+
+
 def test_edit_first_frame_manual(client):
     from gradio_client import handle_file
 
