@@ -33,6 +33,7 @@ RUN (userdel --remove ubuntu 2>/dev/null || true) \
  && useradd --create-home --uid 1000 --shell /bin/bash anyv2v
 COPY app.py /app/app.py
 COPY anyv2v /app/anyv2v
+COPY server /app/server
 COPY editors /app/editors
 COPY assets /app/assets
 

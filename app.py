@@ -1,6 +1,6 @@
 """AnyV2V in the browser: upload a clip, edit its first frame, carry the edit through the video.
 
-The page and the public API over `anyv2v.service` (the job layer: settings, checks, prepared clips, GPU jobs,
+The page and the public API over `server` (the job layer: settings, checks, prepared clips, GPU jobs,
 retention), `anyv2v` (the engine) and `editors` (first-frame editors). This file only lays out the page and
 wires events and endpoints.
 
@@ -29,15 +29,20 @@ from typing import Any
 import gradio as gr
 
 import editors
-from anyv2v import service
 from anyv2v.config import PRESETS, RESIZE_MODES, EditConfig, preset_config
 from anyv2v.errors import AnyV2VError, CancelledError
-from anyv2v.service import (
-    CHANGE_PRESET_LABELS, CHANGE_PRESETS, FIRST_FRAME_API_PARAMS, ApiEditorParam, AppSettings, EditService,
-    api_editor_params, build_config, check_image_file, derive_inversion_steps, edit_status, editor_values,
-    run_cancellable, scheduler_config, valid_inversion_steps,
-)
 from editors.base import MAX_CANDIDATES, Editor, EditorInput, as_image
+from server.checks import MAX_SEED, build_config, check_image_file, whole_number
+from server.editor_params import FIRST_FRAME_API_PARAMS, ApiEditorParam, api_editor_params, editor_values
+from server.examples import example_clip_settings, list_examples
+from server.jobs import run_cancellable
+from server.messages import edit_status, user_message
+from server.presets import (
+    CHANGE_PRESET_LABELS, CHANGE_PRESETS, change_preset_of, derive_inversion_steps, preset_values, scheduler_config,
+    valid_inversion_steps,
+)
+from server.service import EditService
+from server.settings import AppSettings, check_model_source
 
 logger = logging.getLogger("anyv2v.app")
 
@@ -62,7 +67,7 @@ TAU_SLIDERS = {
 def user_error(exc: BaseException, action: str, paths: Sequence[str | None] = ()) -> gr.Error:
     if isinstance(exc, gr.Error):
         return exc
-    message, expected = service.user_message(exc, action, paths)
+    message, expected = user_message(exc, action, paths)
     # Escaped because the page renders error text as HTML (file names are user-controlled).
     return gr.Error(html.escape(message, quote=False), duration=None, print_exception=False,
                     title="Error" if expected else "Unexpected error")
@@ -163,9 +168,9 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
     jobs = EditService(settings)
     base = settings.base_config()
     if model_problem is ...:
-        model_problem = service.check_model_source(settings.model)
+        model_problem = check_model_source(settings.model)
     available = editors.available_editors()
-    examples = service.list_examples(DEMO_DIR)
+    examples = list_examples(DEMO_DIR)
     sched = scheduler_config(settings.model)
     quality_choices = [(f"{n} ({preset_config(n).inversion_steps} inversion steps)", n) for n in PRESETS]
     quality_choices.append(("custom", "custom"))
@@ -268,7 +273,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                     placeholder="a man with a party hat doing exercises",
                 )
                 change_preset = gr.Radio([(CHANGE_PRESET_LABELS[k], k) for k in (*CHANGE_PRESETS, "custom")],
-                                         value=service.change_preset_of(base.tau_conv, base.tau_sa, base.tau_ta,
+                                         value=change_preset_of(base.tau_conv, base.tau_sa, base.tau_ta,
                                                                         base.start_index),
                                          label="How much may change?", elem_id="change-preset")
                 taus = {
@@ -292,7 +297,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                     guidance = gr.Slider(0, 20, value=base.guidance, step=0.5, label="Guidance",
                                          info="How strongly to follow the prompt and the edited frame.",
                                          elem_id="guidance")
-                    seed = gr.Number(label="Seed", value=base.seed, precision=0, minimum=0, maximum=service.MAX_SEED,
+                    seed = gr.Number(label="Seed", value=base.seed, precision=0, minimum=0, maximum=MAX_SEED,
                                      elem_id="seed")
                     negative_prompt = gr.Textbox(label="Negative prompt", value=base.negative_prompt, lines=2,
                                                  elem_id="negative-prompt")
@@ -399,7 +404,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
             if not values:
                 return [gr.skip()] * len(tau_outputs), ""
             updates = [values.get(name, gr.skip()) for name in (*taus, "start_index")]
-            preset = service.change_preset_of(*[values.get(n, 0) for n in (*taus, "start_index")])
+            preset = change_preset_of(*[values.get(n, 0) for n in (*taus, "start_index")])
             listed = ", ".join(f"{k} {v:g}" for k, v in values.items())
             return updates + [preset], f" Suggested settings for {editor.title} edits applied in step 3 ({listed})."
 
@@ -498,7 +503,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
         change_preset.input(on_change_preset, change_preset, [*taus.values(), start_index], queue=False,
                             api_visibility="private")
         for control in (*taus.values(), start_index):
-            control.input(service.change_preset_of, [*taus.values(), start_index], change_preset, queue=False,
+            control.input(change_preset_of, [*taus.values(), start_index], change_preset, queue=False,
                           api_visibility="private")
 
         def target_inversion(preset: str, current: Any) -> int:
@@ -517,7 +522,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
         def on_quality(name: str, current_steps: Any):
             if name not in PRESETS:
                 return gr.skip(), gr.skip()
-            values = service.preset_values(name)
+            values = preset_values(name)
             valid = valid_inversion_steps(sched, values["steps"])
             return values["steps"], gr.Dropdown(choices=valid, value=derive_inversion_steps(
                 sched, values["steps"], values["inversion_steps"]))
@@ -526,7 +531,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
 
         def quality_label(steps_value: Any, inversion_value: Any) -> str:
             for name in PRESETS:
-                if service.preset_values(name) == {"steps": int(steps_value or 0), "inversion_steps": int(inversion_value or 0)}:
+                if preset_values(name) == {"steps": int(steps_value or 0), "inversion_steps": int(inversion_value or 0)}:
                     return name
             return "custom"
 
@@ -581,7 +586,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
 
         # ---- Examples: load everything, reset the rest, small settings on a CPU ---------------------------
         if examples:
-            small = service.example_clip_settings(settings)
+            small = example_clip_settings(settings)
 
             def on_example(evt: gr.SelectData) -> dict:
                 example = examples[int(evt.index)]
@@ -591,7 +596,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                     source_video: example.video, edited_frame: example.edited_frame, prompt: example.prompt,
                     taus["tau_conv"]: example.tau_conv, taus["tau_sa"]: example.tau_sa,
                     taus["tau_ta"]: example.tau_ta, start_index: example.start_index,
-                    change_preset: service.change_preset_of(example.tau_conv, example.tau_sa, example.tau_ta,
+                    change_preset: change_preset_of(example.tau_conv, example.tau_sa, example.tau_ta,
                                                             example.start_index),
                     frames: small["frames"], fps: small["fps"], width: small["width"], height: small["height"],
                     resize_mode: "crop", start_time: 0, end_time: None, steps: small["steps"],
@@ -654,7 +659,7 @@ def _build_api(
             entry = await asyncio.to_thread(jobs.prepare, jobs.check_upload(video), config)
             values = editor_values(editor, params, given)
             values["resize_mode"] = config.resize_mode
-            candidates = service.whole_number(given["candidates"], 1, "candidates")
+            candidates = whole_number(given["candidates"], 1, "candidates")
             paths = await run_cancellable(lambda stop: jobs.edit_frame(
                 editor.name, entry.prepared.first_frame, values, candidates, _progress_fn(progress), stop))
         return paths
@@ -711,7 +716,7 @@ def _build_api(
         if not edited_frame:
             raise gr.Error("edited_frame is required: the edited first frame as an image file.")
         with reported("editing the video", [video, edited_frame]):
-            steps_value = service.whole_number(steps, base.steps, "steps")
+            steps_value = whole_number(steps, base.steps, "steps")
             if inversion_steps is None and steps_value >= 1:
                 inversion_steps = derive_inversion_steps(scheduler_config(settings.model), steps_value,
                                                          base.inversion_steps)
@@ -780,7 +785,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         output_dir=args.output_dir, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
         max_frames=args.max_frames, preload=args.preload,
     ).check()
-    problem = service.check_model_source(settings.model)
+    problem = check_model_source(settings.model)
     if problem:
         logger.warning("%s", problem)
     elif settings.preload:

@@ -15,7 +15,7 @@ from tests.app_helpers import CLIP, EDITED, PROMPT, TINY_EDIT, make_models, read
 
 import app as webapp
 from anyv2v.errors import AnyV2VError
-from anyv2v.service import AppSettings
+from server.settings import AppSettings
 
 # ---------------------------------------------------------------------------------------------------------
 # The page and its wiring, no server (the job layer has its own tests: tests/test_service.py)

@@ -107,7 +107,8 @@ def test_a_click_picks_the_face_under_it(use_tiny):
     assert editor.face_at(scene(boxes=()), 10, 10) == 0
     # The app's click on the first frame goes through the editor interface and the service layer.
     assert editor.click_inputs == ("face",) and editor.values_at(frame, 60, 20) == {"face": 2}
-    from anyv2v.service import AppSettings, EditService
+    from server.service import EditService
+    from server.settings import AppSettings
 
     service = EditService(AppSettings(output_dir=str(use_tiny.parent / "outputs")))
     assert service.frame_click_values("instantid", frame, 10, 30) == {"face": 1}

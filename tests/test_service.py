@@ -1,4 +1,4 @@
-"""The app's job layer (`anyv2v.service`) called directly, without Gradio or a server."""
+"""The app's job layer (`server`) called directly, without Gradio or a server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anyv2v import service
 from anyv2v.bench import model_flops_per_call
 from anyv2v.config import DEFAULT_MODEL, PRESETS
 from anyv2v.errors import AnyV2VError, CancelledError, ConfigError, OutOfMemoryError, VideoError
@@ -21,16 +20,26 @@ from anyv2v.pipeline import EditResult
 from anyv2v.schedule import check_inversion_steps
 from anyv2v.tiny import I2VGEN_XL_SCHEDULER
 from anyv2v.video import write_video
+from server import jobs as gpu_jobs
+from server.checks import build_config, check_image_file, clip_frame_count
+from server.estimates import DEFAULT_THROUGHPUT, EditEstimator
+from server.examples import example_clip_settings, list_examples
+from server.jobs import EngineProgress, gpu_slot, run_cancellable, zero_gpu
+from server.messages import user_message
+from server.presets import CHANGE_PRESETS, change_preset_of, derive_inversion_steps, valid_inversion_steps
+from server.retention import prune_outputs
+from server.service import EditService
+from server.settings import AppSettings, check_model_source, parse_auth
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO.parent / "shared" / "data" / "demo" / "old_man.mp4"
 EDITED = REPO.parent / "shared" / "data" / "demo" / "edited" / "old_man__robot.png"
 
 
-def make_service(tmp_path: Path, **changes) -> service.EditService:
-    settings = service.AppSettings(model=str(tmp_path / "model"), output_dir=str(tmp_path / "out"),
-                                   cache_dir=str(tmp_path / "cache"), **changes)
-    return service.EditService(settings.check())
+def make_service(tmp_path: Path, **changes) -> EditService:
+    settings = AppSettings(model=str(tmp_path / "model"), output_dir=str(tmp_path / "out"),
+                           cache_dir=str(tmp_path / "cache"), **changes)
+    return EditService(settings.check())
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +55,7 @@ def long_clip(tmp_path_factory) -> Path:
 
 
 def test_settings_from_env_defaults_and_overrides(tmp_path):
-    default = service.AppSettings.from_env({})
+    default = AppSettings.from_env({})
     assert default.model == DEFAULT_MODEL and default.max_frames == 128 and default.preset in PRESETS
     assert default.auth is None and default.keep_hours == 24 and default.output_max_gb == 5
     env = {
@@ -55,7 +64,7 @@ def test_settings_from_env_defaults_and_overrides(tmp_path):
         "ANYV2V_MAX_FRAMES": "32", "ANYV2V_PRESET": "paper", "ANYV2V_CLIP_CACHE_MB": "64",
         "ANYV2V_KEEP_HOURS": "2.5", "ANYV2V_OUTPUT_MAX_GB": "0.5", "ANYV2V_AUTH": "ann:pass:word",
     }
-    settings = service.AppSettings.from_env(env).check()
+    settings = AppSettings.from_env(env).check()
     assert settings.model == env["ANYV2V_MODEL"] and settings.device == "cpu" and settings.cpu_offload
     assert (settings.max_frames, settings.clip_cache_mb, settings.keep_hours, settings.output_max_gb) == (32, 64, 2.5, 0.5)
     assert settings.auth == ("ann", "pass:word")  # the password may contain ':'
@@ -64,32 +73,32 @@ def test_settings_from_env_defaults_and_overrides(tmp_path):
     for bad in ({"ANYV2V_MAX_FRAMES": "many"}, {"ANYV2V_KEEP_HOURS": "nan"}, {"ANYV2V_AUTH": "nopassword"},
                 {"ANYV2V_AUTH": ":pw"}, {"ANYV2V_AUTH": "user:"}):
         with pytest.raises(SystemExit):
-            service.AppSettings.from_env(bad)
+            AppSettings.from_env(bad)
     for bad in ({"ANYV2V_PRESET": "turbo"}, {"ANYV2V_DEVICE": "tpu"}, {"ANYV2V_KEEP_HOURS": "0"}):
         with pytest.raises(SystemExit):
-            service.AppSettings.from_env(bad).check()
+            AppSettings.from_env(bad).check()
 
 
 def test_parse_auth():
-    assert service.parse_auth(None) is None and service.parse_auth("  ") is None
-    assert service.parse_auth("admin:s3cret") == ("admin", "s3cret")
+    assert parse_auth(None) is None and parse_auth("  ") is None
+    assert parse_auth("admin:s3cret") == ("admin", "s3cret")
     with pytest.raises(SystemExit, match="user:password"):
-        service.parse_auth("admin")
+        parse_auth("admin")
 
 
 def test_build_config_maps_values_and_keeps_defaults(tmp_path):
-    settings = service.AppSettings(model="m", output_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
-    config = service.build_config(settings, frames=8.0, fps=8, width=64.0, height=64, tau_conv=1, tau_sa=0.5,
+    settings = AppSettings(model="m", output_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
+    config = build_config(settings, frames=8.0, fps=8, width=64.0, height=64, tau_conv=1, tau_sa=0.5,
                                   tau_ta=1.0, start_index=1, steps=10.0, inversion_steps=10, seed=None)
     assert (config.frames, config.width, config.height, config.steps, config.start_index) == (8, 64, 64, 10, 1)
     assert isinstance(config.frames, int) and isinstance(config.steps, int)
     assert (config.model, config.cache_dir, config.seed) == ("m", str(tmp_path / "c"), 8888)
-    assert service.build_config(settings).inversion_steps == 100  # the "fast" preset
-    assert service.build_config(settings, frames=0).frames == 0  # the whole clip: checked while decoding
+    assert build_config(settings).inversion_steps == 100  # the "fast" preset
+    assert build_config(settings, frames=0).frames == 0  # the whole clip: checked while decoding
 
 
 def test_build_config_errors_say_what_to_change(tmp_path):
-    settings = service.AppSettings(output_dir=str(tmp_path), max_frames=32, max_size=512)
+    settings = AppSettings(output_dir=str(tmp_path), max_frames=32, max_size=512)
     cases = [
         (dict(frames=64), "at most 32 frames"),
         (dict(start_time=0, end_time=10, fps=8), "at most 32 frames"),
@@ -104,16 +113,16 @@ def test_build_config_errors_say_what_to_change(tmp_path):
     ]
     for values, message in cases:
         with pytest.raises(ConfigError, match=message):
-            service.build_config(settings, **values)
+            build_config(settings, **values)
 
 
 def test_clip_frame_count_from_time_range():
-    assert service.clip_frame_count(16, 8, 0.0, None, 128) == 16
-    assert service.clip_frame_count(16, 8, 0.0, 0, 128) == 16  # 0 = no end time
-    assert service.clip_frame_count(16, 8, 0.5, 2.5, 128) == 16
-    assert service.clip_frame_count(16, 10, 1.0, 1.3, 128) == 3
+    assert clip_frame_count(16, 8, 0.0, None, 128) == 16
+    assert clip_frame_count(16, 8, 0.0, 0, 128) == 16  # 0 = no end time
+    assert clip_frame_count(16, 8, 0.5, 2.5, 128) == 16
+    assert clip_frame_count(16, 10, 1.0, 1.3, 128) == 3
     with pytest.raises(ConfigError, match="fewer than 2 frames"):
-        service.clip_frame_count(16, 8, 1.0, 1.1, 128)
+        clip_frame_count(16, 8, 1.0, 1.1, 128)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,13 +142,13 @@ def test_whole_clip_over_the_app_limit_is_refused_early(tmp_path, long_clip, mon
 
     monkeypatch.setattr(pipeline, "frame_fitter", counting_fitter)
     jobs = make_service(tmp_path, max_frames=20)
-    config = service.build_config(jobs.settings, frames=0, fps=12, width=64, height=64)
+    config = build_config(jobs.settings, frames=0, fps=12, width=64, height=64)
     with pytest.raises(VideoError, match="the limit is 20"):
         jobs.prepare(str(long_clip), config)
     assert len(fitted) <= 21  # never the 480 frames of the clip
     assert jobs.clips.nbytes == 0 and len(jobs.clips) == 0
     # Within the limit the same whole-clip request works.
-    short = service.build_config(jobs.settings, frames=0, fps=12, width=64, height=64, end_time=1.0)
+    short = build_config(jobs.settings, frames=0, fps=12, width=64, height=64, end_time=1.0)
     assert len(jobs.prepare(str(long_clip), short).prepared.frames) == 12
 
 
@@ -150,15 +159,15 @@ def test_whole_clip_over_the_app_limit_is_refused_early(tmp_path, long_clip, mon
 
 def test_clip_cache_is_bounded_in_bytes_of_working_size_frames(tmp_path):
     jobs = make_service(tmp_path, clip_cache_mb=1)  # 1 MiB: one 16-frame 128x128 clip (786 KB)
-    first = jobs.prepare(str(CLIP), service.build_config(jobs.settings, frames=16, width=128, height=128))
+    first = jobs.prepare(str(CLIP), build_config(jobs.settings, frames=16, width=128, height=128))
     assert first.prepared.size == (128, 128) and all(f.size == (128, 128) for f in first.prepared.frames)
     assert first.nbytes == 16 * 128 * 128 * 3 and jobs.clips.nbytes == first.nbytes
-    second = jobs.prepare(str(CLIP), service.build_config(jobs.settings, frames=16, width=128, height=128, fps=4))
+    second = jobs.prepare(str(CLIP), build_config(jobs.settings, frames=16, width=128, height=128, fps=4))
     assert jobs.clips.nbytes == second.nbytes <= 2**20 and len(jobs.clips) == 1  # the older clip went
-    big = jobs.prepare(str(CLIP), service.build_config(jobs.settings, frames=16, width=256, height=256))
+    big = jobs.prepare(str(CLIP), build_config(jobs.settings, frames=16, width=256, height=256))
     assert len(big.prepared.frames) == 16  # used for its request...
     assert jobs.clips.nbytes <= 2**20  # ...but not kept: it alone is over the budget
-    again = jobs.prepare(str(CLIP), service.build_config(jobs.settings, frames=16, width=128, height=128, fps=4))
+    again = jobs.prepare(str(CLIP), build_config(jobs.settings, frames=16, width=128, height=128, fps=4))
     assert again is second  # a cache hit
 
 
@@ -180,10 +189,10 @@ def test_prune_outputs_by_age_and_total_size(tmp_path):
     mid = _file(tmp_path / "frames" / "a.png", 400, 600)
     new = _file(tmp_path / "clips" / "b.mp4", 400, 60)
     newest = _file(tmp_path / "anyv2v-new.mp4", 400, 1)
-    removed = service.prune_outputs(tmp_path, max_age_s=3600, max_bytes=900, keep=[newest])
+    removed = prune_outputs(tmp_path, max_age_s=3600, max_bytes=900, keep=[newest])
     assert set(removed) == {old, mid}  # too old, then the oldest until 800 bytes <= 900 remain
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["anyv2v-new.mp4", "b.mp4"]
-    assert service.prune_outputs(tmp_path, max_age_s=3600, max_bytes=0, keep=[newest, new]) == []
+    assert prune_outputs(tmp_path, max_age_s=3600, max_bytes=0, keep=[newest, new]) == []
 
 
 def test_service_start_sweeps_stale_partial_and_empty_files(tmp_path):
@@ -199,7 +208,7 @@ def test_service_start_sweeps_stale_partial_and_empty_files(tmp_path):
 
 def test_api_style_prepare_writes_no_preview_files(tmp_path):
     jobs = make_service(tmp_path)
-    config = service.build_config(jobs.settings, frames=4, width=64, height=64)
+    config = build_config(jobs.settings, frames=4, width=64, height=64)
     entry = jobs.prepare(str(CLIP), config)
     assert entry.preview_path is None and not [p for p in jobs.output_dir.rglob("*") if p.is_file()]
     page = jobs.prepare(str(CLIP), config, previews=True)  # the page shows a preview and the first frame
@@ -216,35 +225,35 @@ def test_api_style_prepare_writes_no_preview_files(tmp_path):
 def test_unreadable_images_get_one_clear_message(tmp_path):
     good = tmp_path / "good.png"
     Image.new("RGBA", (32, 32)).save(good)
-    assert service.check_image_file(str(good)) == str(good)
+    assert check_image_file(str(good)) == str(good)
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:60])
     noise = tmp_path / "noise.png"
     noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     for path in (truncated, noise, CLIP):
         with pytest.raises(VideoError, match=rf"{path.name} is not a readable image \(\w+\); use a PNG"):
-            service.check_image_file(str(path), "edited first frame")
+            check_image_file(str(path), "edited first frame")
     bomb = tmp_path / "bomb.png"
     Image.new("1", (5000, 5000)).save(bomb)  # 25 megapixels in a few KB
     with pytest.raises(VideoError, match="bomb.png is 5000x5000 pixels; the edited first frame may have at most 4096x4096"):
-        service.check_image_file(str(bomb), "edited first frame")
+        check_image_file(str(bomb), "edited first frame")
     with pytest.raises(VideoError, match="no image was given"):
-        service.check_image_file(None)
+        check_image_file(None)
 
 
 def test_user_messages_are_one_line_without_traceback(caplog):
-    text, expected = service.user_message(VideoError("/tmp/gradio/abc/clip.mp4 is not a readable video."), "x",
+    text, expected = user_message(VideoError("/tmp/gradio/abc/clip.mp4 is not a readable video."), "x",
                                           ["/tmp/gradio/abc/clip.mp4"])
     assert text == "clip.mp4 is not a readable video." and expected
-    assert "Lower the number of frames" in service.user_message(OutOfMemoryError("oom"), "x")[0]
-    assert "Cancelled" in service.user_message(CancelledError("stop"), "x")[0]
-    disk = service.user_message(OSError(errno.ENOSPC, "No space left on device"), "editing the video")[0]
+    assert "Lower the number of frames" in user_message(OutOfMemoryError("oom"), "x")[0]
+    assert "Cancelled" in user_message(CancelledError("stop"), "x")[0]
+    disk = user_message(OSError(errno.ENOSPC, "No space left on device"), "editing the video")[0]
     assert "out of disk space" in disk and "frames" not in disk
     with caplog.at_level("ERROR", logger="anyv2v.app"):
         try:
             raise KeyError("internal detail")
         except KeyError as exc:
-            unexpected, expected = service.user_message(exc, "editing the video")
+            unexpected, expected = user_message(exc, "editing the video")
     assert not expected and "Something went wrong while editing the video" in unexpected
     assert "internal detail" not in unexpected and "Traceback" in caplog.text  # details in the server log
 
@@ -259,32 +268,32 @@ def test_inversion_steps_derived_from_any_sampling_steps_are_valid():
     with pytest.raises(ConfigError):  # the old app's fixed 100 inversion steps with 37 sampling steps
         check_inversion_steps(config, 37, 100)
     for steps in (1, 7, 10, 25, 37, 50, 51, 99, 137, 200):
-        derived = service.derive_inversion_steps(config, steps, 100)
+        derived = derive_inversion_steps(config, steps, 100)
         check_inversion_steps(config, steps, derived)  # never raises
-        assert derived in service.valid_inversion_steps(config, steps)
-    assert service.derive_inversion_steps(config, 50, 100) == 100  # the preset's own value when it is valid
-    assert service.derive_inversion_steps(config, 50, 500) == 500
+        assert derived in valid_inversion_steps(config, steps)
+    assert derive_inversion_steps(config, 50, 100) == 100  # the preset's own value when it is valid
+    assert derive_inversion_steps(config, 50, 500) == 500
 
 
 def test_change_presets_follow_the_sliders():
-    assert service.change_preset_of(0.2, 0.2, 0.5, 0) == "default"
-    assert service.change_preset_of(1, 1, 1, 0) == "subtle"
-    assert service.change_preset_of(0.1, 0.1, 1.0, 0) == "strong"
-    assert service.change_preset_of(0.3, 0.2, 0.5, 0) == "custom"
-    assert service.change_preset_of(None, 0.2, 0.5, 0) == "custom"
+    assert change_preset_of(0.2, 0.2, 0.5, 0) == "default"
+    assert change_preset_of(1, 1, 1, 0) == "subtle"
+    assert change_preset_of(0.1, 0.1, 1.0, 0) == "strong"
+    assert change_preset_of(0.3, 0.2, 0.5, 0) == "custom"
+    assert change_preset_of(None, 0.2, 0.5, 0) == "custom"
     # The presets are settings the paper or the reference tuned (shared/data/demo/manifest.json).
     import json
 
     manifest = json.loads((CLIP.parent / "manifest.json").read_text())
     tuned = {(e["tau_conv"], e["tau_sa"], e["tau_ta"], e["start_index"]) for e in manifest["edits"]}
-    for values in service.CHANGE_PRESETS.values():
+    for values in CHANGE_PRESETS.values():
         assert (values["tau_conv"], values["tau_sa"], values["tau_ta"], values["start_index"]) in tuned
 
 
 def test_engine_progress_one_bar_with_time_left_and_loading_only_when_loading():
     now = [0.0]
     reports: list[tuple[float, str]] = []
-    tracker = service.EngineProgress(lambda f, t: reports.append((f, t)), 10, 10, clock=lambda: now[0])
+    tracker = EngineProgress(lambda f, t: reports.append((f, t)), 10, 10, clock=lambda: now[0])
     tracker.start(loading=True)
     assert "Loading the model" in reports[-1][1]
     for i in range(1, 11):
@@ -299,11 +308,11 @@ def test_engine_progress_one_bar_with_time_left_and_loading_only_when_loading():
     # After sampling step 2: 15 s since the first step for 15 of 40 units (sampling weighs 3), 24 units left.
     assert "about 24 s left" in reports[12][1]
     quiet: list[tuple[float, str]] = []
-    service.EngineProgress(lambda f, t: quiet.append((f, t)), 10, 10).start(loading=False)
+    EngineProgress(lambda f, t: quiet.append((f, t)), 10, 10).start(loading=False)
     assert "Loading" not in quiet[0][1]
 
     cached: list[tuple[float, str]] = []
-    tracker = service.EngineProgress(lambda f, t: cached.append((f, t)), 10, 4)
+    tracker = EngineProgress(lambda f, t: cached.append((f, t)), 10, 4)
     tracker("inversion_cached", 1, 1)
     tracker("sampling", 2, 4)
     assert tracker.reused_inversion and "Reused the cached inversion" in cached[0][1]
@@ -311,14 +320,14 @@ def test_engine_progress_one_bar_with_time_left_and_loading_only_when_loading():
 
 
 def test_estimate_from_flops_refined_by_the_last_edit(tiny_model):
-    estimator = service.EditEstimator()
-    config = service.AppSettings(model=str(tiny_model)).base_config().replace(steps=10, inversion_steps=10)
+    estimator = EditEstimator()
+    config = AppSettings(model=str(tiny_model)).base_config().replace(steps=10, inversion_steps=10)
     first = estimator.estimate(config, 8, (64, 64), "cpu")
     cached = estimator.estimate(config, 8, (64, 64), "cpu", cached_inversion=True)
     assert first > cached > 0
     per_call = model_flops_per_call(str(tiny_model), 8, 64, 64)
     # 10 inversion calls; tau_ta 0.5 of 10 steps: 5 calls of batch 3 (with the source), then 5 of batch 2
-    assert first == pytest.approx((10 + 3 * 5 + 2 * 5) * per_call / service.DEFAULT_THROUGHPUT["cpu"])
+    assert first == pytest.approx((10 + 3 * 5 + 2 * 5) * per_call / DEFAULT_THROUGHPUT["cpu"])
     result = EditResult(Path("a.mp4"), Path("a.json"), False, {"inversion": 10, "sampling": {"3": 5, "2": 5}},
                         {"inversion": 1.0, "sampling": 3.0, "load": 9.0}, [], 8, (64, 64), 8)
     estimator.record(config, result, "cpu")
@@ -328,29 +337,29 @@ def test_estimate_from_flops_refined_by_the_last_edit(tiny_model):
 
 
 def test_examples_and_their_small_settings_on_cpu():
-    examples = service.list_examples(REPO / "assets" / "demo")
+    examples = list_examples(REPO / "assets" / "demo")
     assert len(examples) == 10 and all(Path(e.video).is_file() and Path(e.edited_frame).is_file() for e in examples)
     starry = next(e for e in examples if "starry" in e.edited_frame)
     assert starry.start_index == 1 and "starry night" in starry.prompt
-    assert service.list_examples(Path("/nonexistent")) == []
-    small = service.example_clip_settings(service.AppSettings(device="cpu"))
+    assert list_examples(Path("/nonexistent")) == []
+    small = example_clip_settings(AppSettings(device="cpu"))
     assert small == {"frames": 8, "fps": 8, "width": 256, "height": 256, "steps": 10}
 
 
 def test_clip_summary_shows_the_short_clip_note(tmp_path):
     jobs = make_service(tmp_path)
-    entry = jobs.prepare(str(CLIP), service.build_config(jobs.settings, frames=64, fps=8, width=64, height=64))
+    entry = jobs.prepare(str(CLIP), build_config(jobs.settings, frames=64, fps=8, width=64, height=64))
     assert len(entry.prepared.frames) == 16  # the demo clip has 16 frames at 8 fps
     assert "16 frames at 8 fps" in entry.summary and "Note: the clip has only 16 frames" in entry.summary
 
 
 def test_model_source_check_says_what_to_do(tmp_path, tiny_model, monkeypatch):
-    assert service.check_model_source(str(tiny_model)) is None
-    missing = service.check_model_source(str(tmp_path / "nowhere"))
+    assert check_model_source(str(tiny_model)) is None
+    missing = check_model_source(str(tmp_path / "nowhere"))
     assert "does not exist" in missing and "make-tiny-model" in missing
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    offline = service.check_model_source("someone/not-downloaded")
+    offline = check_model_source("someone/not-downloaded")
     assert "HF_HUB_OFFLINE" in offline and "network" in offline and "make-tiny-model" in offline
 
 
@@ -371,7 +380,7 @@ def test_run_cancellable_sets_the_stop_flag_when_cancelled():
         return "finished"
 
     async def scenario() -> None:
-        task = asyncio.ensure_future(service.run_cancellable(job))
+        task = asyncio.ensure_future(run_cancellable(job))
         await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -383,13 +392,13 @@ def test_run_cancellable_sets_the_stop_flag_when_cancelled():
 
 def test_gpu_slot_is_exclusive_and_cancellable():
     stop = threading.Event()
-    with service.gpu_slot(stop):
+    with gpu_slot(stop):
         other = threading.Event()
         other.set()
         with pytest.raises(CancelledError):
-            with service.gpu_slot(other):
+            with gpu_slot(other):
                 pass
-    with service.gpu_slot(stop):
+    with gpu_slot(stop):
         pass
 
 
@@ -397,8 +406,8 @@ def test_zero_gpu_decorates_only_when_spaces_is_present(monkeypatch):
     def work() -> str:
         return "ran"
 
-    monkeypatch.setattr(service, "spaces", None)
-    assert service.zero_gpu(work) is work
+    monkeypatch.setattr(gpu_jobs, "spaces", None)
+    assert zero_gpu(work) is work
     calls = []
 
     class FakeSpaces:
@@ -407,9 +416,9 @@ def test_zero_gpu_decorates_only_when_spaces_is_present(monkeypatch):
             calls.append(duration)
             return lambda fn: (lambda *a, **k: "on zero gpu: " + fn(*a, **k))
 
-    monkeypatch.setattr(service, "spaces", FakeSpaces)
+    monkeypatch.setattr(gpu_jobs, "spaces", FakeSpaces)
     monkeypatch.setenv("ANYV2V_GPU_DURATION", "120")
-    assert service.zero_gpu(work)() == "on zero gpu: ran" and calls == [120]
+    assert zero_gpu(work)() == "on zero gpu: ran" and calls == [120]
 
 
 def test_unavailable_editor_says_what_to_install(tmp_path, monkeypatch):

@@ -1,0 +1,15 @@
+"""The app's job layer, without Gradio: between `app.py` (the page and the API) and the engine (`anyv2v`) and
+the first-frame editors (`editors`). One module per concern:
+
+- `settings`: server settings and the login from ANYV2V_* environment variables, the model-source check
+- `checks`: request values to a validated EditConfig, upload checks, with their user messages
+- `presets`: presets by intent and inversion step counts that serve the sampling steps
+- `messages`: one-line user errors, durations, clip and edit summaries
+- `clips`: the prepared-clip cache
+- `jobs`: the GPU slot, GPU jobs, progress and cancel
+- `retention`: deleting old outputs and stale partial files
+- `estimates`: how long an edit will take
+- `editor_params`: the API's editor parameters (the union of every editor's inputs)
+- `examples`: the page's examples
+- `service`: `EditService`, the one object the app holds
+"""

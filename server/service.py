@@ -1,0 +1,238 @@
+"""The app's job layer behind one object: `EditService` holds the server settings, the prepared clips and the
+output folder, and runs the page's and the API's jobs. `app.py` lays out the page and wires events to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from anyv2v.config import EditConfig
+from anyv2v.errors import AnyV2VError, CancelledError, VideoError
+from anyv2v.files import unique_path
+from anyv2v.pipeline import BACKBONES, EditResult, prepare_clip
+from anyv2v.video import write_video
+
+from . import jobs
+from .checks import check_image_file
+from .clips import ClipCache, PreparedEntry
+from .estimates import EditEstimator
+from .jobs import EngineProgress, gpu_edit_frame, gpu_edit_video, gpu_slot
+from .messages import clip_summary, format_duration
+from .retention import prune_outputs, sweep_stale
+from .settings import AppSettings
+
+logger = logging.getLogger("anyv2v.app")
+
+
+class EditService:
+    """Holds the server settings, the prepared clips and the output folder; runs the jobs."""
+
+    def __init__(self, settings: AppSettings) -> None:
+        self.settings = settings
+        self.output_dir = Path(settings.output_dir).expanduser().resolve()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.clips = ClipCache(settings.clip_cache_mb * 2**20)
+        self.estimator = EditEstimator()
+        self._loaded: set[tuple] = set()  # models this process has loaded (BACKBONES keeps the latest)
+        self._stops: dict[tuple[str, str], threading.Event] = {}  # (session, kind) -> stop flag of its latest job
+        self._stops_lock = threading.Lock()
+        removed = sweep_stale(self.output_dir)
+        if removed:
+            logger.info("removed %d stale partial or empty files from %s", len(removed), self.output_dir)
+        self.prune()
+
+    # ---- cancel from the page ----------------------------------------------------------------------------
+
+    def new_job(self, session: str, kind: str) -> threading.Event:
+        """A fresh stop flag for the session's next job of this kind (set at the click, so a job cancelled
+        while it waits in the queue ends as soon as it starts)."""
+        with self._stops_lock:
+            if len(self._stops) > 1000:  # forget finished sessions' flags
+                self._stops = {k: v for k, v in self._stops.items() if not v.is_set()}
+            stop = self._stops[(session, kind)] = threading.Event()
+            return stop
+
+    def job_stop(self, session: str, kind: str) -> threading.Event:
+        with self._stops_lock:
+            return self._stops.setdefault((session, kind), threading.Event())
+
+    def cancel(self, session: str) -> bool:
+        """Ask every job of the session to stop at its next step; whether there was one to ask."""
+        with self._stops_lock:
+            flags = [flag for (owner, _), flag in self._stops.items() if owner == session and not flag.is_set()]
+        for flag in flags:
+            flag.set()
+        return bool(flags)
+
+    # ---- files ------------------------------------------------------------------------------------------
+
+    def prune(self, keep: Sequence[str | os.PathLike] = ()) -> list[Path]:
+        return prune_outputs(
+            self.output_dir, self.settings.keep_hours * 3600, int(self.settings.output_max_gb * 2**30), keep
+        )
+
+    def check_upload(self, path: str | None, what: str = "video") -> str:
+        if not path:
+            raise VideoError(f"no {what} was given; upload one first.")
+        if not os.path.isfile(path):
+            raise VideoError(f"the uploaded {what} is missing on the server; upload it again.")
+        size = os.path.getsize(path)
+        if size > self.settings.max_upload_bytes:
+            raise VideoError(
+                f"{os.path.basename(path)} is {size / 2**20:.0f} MB; this app accepts up to "
+                f"{self.settings.max_upload_mb} MB. Trim or compress it first."
+            )
+        return path
+
+    # ---- step 1: the clip -------------------------------------------------------------------------------
+
+    @staticmethod
+    def clip_key(video: str, config: EditConfig) -> tuple:
+        stat = os.stat(video)
+        return (
+            os.path.realpath(video), stat.st_size, stat.st_mtime_ns, config.frames, config.fps, config.start_time,
+            config.width, config.height, config.resize_mode,
+        )
+
+    def prepare(self, video: str, config: EditConfig, previews: bool = False) -> PreparedEntry:
+        """The clip at the working size (cached); with `previews`, also a preview mp4 and the first frame as PNG
+        (the page shows them; API calls write none)."""
+        self.check_upload(video)
+        key = self.clip_key(video, config)
+        entry = self.clips.get(key)
+        if entry is None:
+            prepared = prepare_clip(video, config, max_frames=self.settings.max_frames)
+            entry = PreparedEntry(prepared, config, clip_summary(prepared, config))
+        if previews and (entry.preview_path is None or not os.path.isfile(entry.preview_path)):
+            clips_dir = self.output_dir / "clips"
+            preview = write_video(entry.prepared.frames, unique_path(clips_dir, "clip", ".mp4"), config.fps)
+            first_frame = unique_path(clips_dir, "first-frame", ".png")
+            entry.prepared.first_frame.save(first_frame, format="PNG")  # lossless: the pixels the engine uses
+            entry.preview_path, entry.first_frame_path = str(preview), str(first_frame)
+        self.clips.put(key, entry)
+        return entry
+
+    def estimate(self, video: str | None, config: EditConfig) -> str:
+        """Plain-language estimate of the edit's duration on this server (before it starts)."""
+        size = (config.width, config.height)
+        frames = config.frames or 16
+        entry = self.clips.get(self.clip_key(video, config)) if video and os.path.isfile(video) else None
+        if entry is not None:
+            size, frames = entry.prepared.size, len(entry.prepared.frames)
+        device = self.settings.device_name
+        full = self.estimator.estimate(config, frames, size, device)
+        if full is None:
+            return ""
+        cached = self.estimator.estimate(config, frames, size, device, cached_inversion=True) or 0.0
+        text = (f"Estimated time on this server ({device}): about **{format_duration(full)}** for the first edit of "
+                f"this clip, about {format_duration(cached)} for later edits of it (they reuse the inversion).")
+        if not self.model_loaded():
+            text += " The first edit also loads the model."
+        return text
+
+    # ---- step 2: the first frame ------------------------------------------------------------------------
+
+    def edit_frame(
+        self,
+        editor_name: str,
+        frame: Image.Image,
+        values: dict[str, Any],
+        candidates: int,
+        progress: Callable[[float, str], None] | None,
+        stop: threading.Event,
+    ) -> list[str]:
+        """Run an editor on the prepared first frame; the candidates as PNG paths in the output folder."""
+        import editors
+
+        editor = editors.get_editor(editor_name)
+        reason = editor.unavailable_reason()
+        if reason:
+            raise AnyV2VError(reason)
+        count = int(candidates) if editor.supports_candidates else 1
+
+        def report(fraction: float, message: str) -> None:
+            if stop.is_set():  # editors stop when their progress callback raises
+                raise CancelledError("the first-frame edit was cancelled.")
+            if progress is not None:
+                progress(fraction, message)
+
+        with gpu_slot(stop):
+            images = gpu_edit_frame(
+                editor.name, frame, values, count, report if jobs.spaces is None else None,
+                self.settings.device, self.settings.dtype,
+            )
+        frames_dir = self.output_dir / "frames"
+        paths = []
+        for image in images:
+            path = unique_path(frames_dir, f"first-frame-{editor.name}", ".png")
+            image.save(path, format="PNG")
+            paths.append(str(path))
+        self.prune(keep=paths)
+        return paths
+
+    def frame_click_values(self, editor_name: str, frame: Image.Image, x: float, y: float) -> dict[str, Any]:
+        """An editor's input values for a click at (x, y) on the first frame (e.g. InstantID's face number)."""
+        import editors
+
+        editor = editors.get_editor(editor_name)
+        reason = editor.unavailable_reason()
+        if reason:
+            raise AnyV2VError(reason)
+        return editor.values_at(frame, x, y)
+
+    # ---- step 3: the video ------------------------------------------------------------------------------
+
+    def _model_key(self) -> tuple:
+        s = self.settings
+        return (s.model, s.device, s.dtype, s.cpu_offload)
+
+    def model_loaded(self) -> bool:
+        return self._model_key() in self._loaded
+
+    def preload(self) -> None:
+        BACKBONES.get(self.settings.model, self.settings.device, self.settings.dtype, self.settings.cpu_offload)
+        self._loaded = {self._model_key()}
+
+    def edit_video(
+        self,
+        video: str,
+        edited_frame: str,
+        prompt: str,
+        config: EditConfig,
+        progress: Callable[[float, str], None] | None,
+        stop: threading.Event,
+    ) -> EditResult:
+        self.check_upload(video)
+        self.check_upload(edited_frame, "edited first frame")
+        check_image_file(edited_frame, "edited first frame")  # a bad image fails here, before any model work
+        entry = self.prepare(video, config)  # the app's frame limit applies while decoding
+        tracker = EngineProgress(
+            progress or (lambda fraction, text: None), config.inversion_steps, config.steps - config.start_index
+        )
+        with gpu_slot(stop):
+            tracker.start(loading=not self.model_loaded())
+            logger.info("video edit started: %d frames %dx%d, %d steps, %d inversion steps",
+                        len(entry.prepared.frames), *entry.prepared.size, config.steps, config.inversion_steps)
+            on_zero_gpu = jobs.spaces is not None  # callbacks cannot cross into the ZeroGPU worker process
+            try:
+                result = gpu_edit_video(
+                    video, edited_frame, prompt, config, str(self.output_dir), entry.prepared,
+                    None if on_zero_gpu else tracker,
+                    None if on_zero_gpu else stop.is_set,
+                )
+            except CancelledError:
+                logger.info("video edit stopped after a cancel")
+                raise
+        self._loaded = {self._model_key()}
+        self.estimator.record(config, result, self.settings.device_name)
+        logger.info("video edit done: %s (inversion %s)", result.video_path.name,
+                    "reused" if result.inversion_from_cache else "computed")
+        self.prune(keep=[result.video_path, result.json_path])
+        return result

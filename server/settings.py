@@ -1,0 +1,184 @@
+"""Server-side settings of the app from ANYV2V_* environment variables (models, device, limits, folders,
+retention, the login), checked at start, and the start-up check of the video model's source."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anyv2v.config import DEFAULT_MODEL, PRESETS, EditConfig, default_cache_dir, preset_config
+from anyv2v.errors import AnyV2VError
+
+
+def _env_bool(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, kind: type = int) -> Any:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SystemExit(f"error: {name}={raw!r} must be a {'whole number' if kind is int else 'number'}.") from None
+    if not math.isfinite(value):
+        raise SystemExit(f"error: {name}={raw!r} must be a finite number.")
+    return value
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """ANYV2V_AUTH as (user, password) for Gradio's login page; None when unset. The password may hold ':'."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user.strip() or not password:
+        raise SystemExit("error: ANYV2V_AUTH must look like user:password (both parts non-empty).")
+    return user.strip(), password
+
+
+@dataclass
+class AppSettings:
+    """Server-side settings of the app (not per request): models, device, limits, folders and retention."""
+
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    dtype: str | None = None
+    cpu_offload: bool = False
+    cache_dir: str = field(default_factory=default_cache_dir)
+    cache_max_gb: float = 20.0
+    output_dir: str = "outputs"
+    preset: str = "fast"  # the reference's hosted demo: 100 inversion steps; "paper" uses 500
+    max_frames: int = 128
+    max_size: int = 1024
+    max_upload_mb: int = 200
+    queue_size: int = 16
+    gpu_duration: int = 300  # seconds a ZeroGPU call may take
+    preload: bool = False
+    # Memory for prepared clips (working-size frames only), shared by every visitor.
+    clip_cache_mb: int = 512
+    # Outputs, previews and candidates older than this, or beyond this total (oldest first), are deleted.
+    keep_hours: float = 24.0
+    output_max_gb: float = 5.0
+    auth: tuple[str, str] | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "AppSettings":
+        """Settings from ANYV2V_* environment variables (see README.md); unset ones keep their defaults."""
+        env = os.environ if env is None else env
+        base = cls()
+        return cls(
+            model=env.get("ANYV2V_MODEL", "").strip() or DEFAULT_MODEL,
+            device=env.get("ANYV2V_DEVICE", "").strip() or None,
+            dtype=env.get("ANYV2V_DTYPE", "").strip() or None,
+            cpu_offload=_env_bool(env.get("ANYV2V_CPU_OFFLOAD")),
+            cache_dir=env.get("ANYV2V_CACHE_DIR", "").strip() or base.cache_dir,
+            cache_max_gb=_env_number(env, "ANYV2V_CACHE_MAX_GB", base.cache_max_gb, float),
+            output_dir=env.get("ANYV2V_OUTPUT_DIR", "").strip() or base.output_dir,
+            preset=env.get("ANYV2V_PRESET", "").strip() or base.preset,
+            max_frames=_env_number(env, "ANYV2V_MAX_FRAMES", base.max_frames),
+            max_size=_env_number(env, "ANYV2V_MAX_SIZE", base.max_size),
+            max_upload_mb=_env_number(env, "ANYV2V_MAX_UPLOAD_MB", base.max_upload_mb),
+            queue_size=_env_number(env, "ANYV2V_QUEUE_SIZE", base.queue_size),
+            gpu_duration=_env_number(env, "ANYV2V_GPU_DURATION", base.gpu_duration),
+            preload=_env_bool(env.get("ANYV2V_PRELOAD")),
+            clip_cache_mb=_env_number(env, "ANYV2V_CLIP_CACHE_MB", base.clip_cache_mb),
+            keep_hours=_env_number(env, "ANYV2V_KEEP_HOURS", base.keep_hours, float),
+            output_max_gb=_env_number(env, "ANYV2V_OUTPUT_MAX_GB", base.output_max_gb, float),
+            auth=parse_auth(env.get("ANYV2V_AUTH")),
+        )
+
+    def replace(self, **changes: Any) -> "AppSettings":
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> "AppSettings":
+        """Refuse nonsensical server settings at startup rather than on the first click."""
+        if self.preset not in PRESETS:
+            raise SystemExit(f"error: ANYV2V_PRESET={self.preset!r} is not one of {', '.join(PRESETS)}.")
+        if not 2 <= self.max_frames <= 512:
+            raise SystemExit(f"error: ANYV2V_MAX_FRAMES={self.max_frames} must be between 2 and 512.")
+        if self.max_size < 64:
+            raise SystemExit(f"error: ANYV2V_MAX_SIZE={self.max_size} must be at least 64.")
+        if self.max_upload_mb < 1 or self.queue_size < 1:
+            raise SystemExit("error: the upload limit and the queue size must be at least 1.")
+        if self.clip_cache_mb < 0 or self.keep_hours <= 0 or self.output_max_gb <= 0:
+            raise SystemExit(
+                "error: ANYV2V_CLIP_CACHE_MB must be 0 or more; ANYV2V_KEEP_HOURS and ANYV2V_OUTPUT_MAX_GB above 0."
+            )
+        if self.device:
+            import torch
+
+            try:
+                kind = torch.device(self.device).type
+            except RuntimeError:
+                raise SystemExit(f"error: ANYV2V_DEVICE={self.device!r} is not a device; use cpu or cuda.") from None
+            if kind == "cuda" and not torch.cuda.is_available():
+                raise SystemExit(f"error: ANYV2V_DEVICE={self.device!r} but this machine has no CUDA GPU; use cpu.")
+        try:  # the engine's own checks for device/dtype names, so a typo fails at startup
+            self.base_config().validate()
+        except AnyV2VError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        return self
+
+    def base_config(self) -> EditConfig:
+        """The preset's EditConfig with this server's model, device and cache; requests change the rest."""
+        return preset_config(self.preset).replace(
+            model=self.model,
+            device=self.device,
+            dtype=self.dtype,
+            cpu_offload=self.cpu_offload,
+            cache_dir=self.cache_dir,
+            cache_max_gb=self.cache_max_gb,
+        )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def device_name(self) -> str:
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_model_source(model: str, timeout: float = 5.0) -> str | None:
+    """None when the video model can be loaded from here; else what is wrong and what to do (one paragraph)."""
+    from anyv2v.backbone import looks_like_path
+
+    demo = ("For a quick offline try with tiny random models (noise output), see 'Offline demo' in the README: "
+            "`python -m anyv2v make-tiny-model /tmp/tiny` and `ANYV2V_MODEL=/tmp/tiny`.")
+    if looks_like_path(model):
+        folder = Path(os.path.expanduser(model))
+        if not folder.is_dir():
+            return f"The model folder {folder.name} does not exist on this server. Set ANYV2V_MODEL to a diffusers-format I2VGen-XL folder or a hub id. {demo}"
+        if not (folder / "model_index.json").is_file() and not (folder / "unet").is_dir():
+            return f"The model folder {folder.name} is not a diffusers-format I2VGen-XL (no model_index.json or unet/). {demo}"
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(model, "model_index.json"), str):
+            return None  # downloaded before: loads offline too
+    except Exception:  # noqa: BLE001 - an unusual cache layout: fall through to the network check
+        pass
+    if _env_bool(os.environ.get("HF_HUB_OFFLINE")):
+        return (f"The video model {model} is not downloaded and HF_HUB_OFFLINE is set, so the first edit would fail. "
+                f"Unset HF_HUB_OFFLINE (with network access it downloads once), or set ANYV2V_MODEL to "
+                f"a local folder. {demo}")
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(model, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the first edit cannot download the model
+        return (f"The video model {model} is not downloaded and the Hugging Face Hub cannot be reached "
+                f"({type(exc).__name__}). Check the network (or a proxy), or set ANYV2V_MODEL to a local folder. {demo}")
+    return None
