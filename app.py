@@ -12,18 +12,16 @@ Models and limits come from ANYV2V_* environment variables (see README.md). API:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import html
 import inspect
 import json
 import logging
 import os
-import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -38,11 +36,11 @@ from server.examples import example_clip_settings, list_examples
 from server.jobs import run_cancellable
 from server.messages import edit_status, user_message
 from server.presets import (
-    CHANGE_PRESET_LABELS, CHANGE_PRESETS, change_preset_of, derive_inversion_steps, preset_values, scheduler_config,
-    valid_inversion_steps,
+    CHANGE_PRESET_LABELS, CHANGE_PRESETS, change_preset_of, derive_inversion_steps, preset_values, quality_label,
+    scheduler_config, valid_inversion_steps,
 )
-from server.service import EditService
-from server.settings import AppSettings, check_model_source
+from server.service import EditService, startup_problem
+from server.settings import AppSettings, check_model_source, parse_args
 
 logger = logging.getLogger("anyv2v.app")
 
@@ -169,154 +167,27 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
     base = settings.base_config()
     if model_problem is ...:
         model_problem = check_model_source(settings.model)
-    available = editors.available_editors()
-    examples = list_examples(DEMO_DIR)
-    sched = scheduler_config(settings.model)
-    quality_choices = [(f"{n} ({preset_config(n).inversion_steps} inversion steps)", n) for n in PRESETS]
-    quality_choices.append(("custom", "custom"))
+    # What every step's builder reads: the server, its job layer, the editors, the examples and the timestep grid.
+    c = SimpleNamespace(settings=settings, jobs=jobs, base=base, available=editors.available_editors(),
+                        examples=list_examples(DEMO_DIR), sched=scheduler_config(settings.model))
 
     with gr.Blocks(title="AnyV2V video editing", delete_cache=(3600, 24 * 3600)) as demo:
         gr.Markdown(INTRO)
         if model_problem:
             gr.Markdown(f"**The video model is not available:** {html.escape(model_problem)}", elem_id="model-problem")
-        clip_state = gr.State(None)  # {"video", "first_frame", "resize_mode"} of the prepared clip
-        candidates_state = gr.State({"editor": None, "paths": []})
-        selected_state = gr.State(0)
-        if examples:
-            example_gallery = gr.Gallery(
-                [(e.edited_frame, e.label) for e in examples], label="Examples: click one to load it (video, edited "
-                "frame, prompt and settings)", columns=5, rows=2, height="auto", allow_preview=False,
+        p = SimpleNamespace()  # the page's components and shared handlers, filled in step by step
+        p.clip_state = gr.State(None)  # {"video", "first_frame", "resize_mode"} of the prepared clip
+        p.candidates_state = gr.State({"editor": None, "paths": []})
+        p.selected_state = gr.State(0)
+        if c.examples:
+            p.example_gallery = gr.Gallery(
+                [(e.edited_frame, e.label) for e in c.examples], label="Examples: click one to load it (video, "
+                "edited frame, prompt and settings)", columns=5, rows=2, height="auto", allow_preview=False,
                 object_fit="cover", elem_id="examples",
             )
-
-        # ---- 1. Video ---------------------------------------------------------------------------------
-        gr.Markdown("## 1. Video", elem_id="step-1")
-        with gr.Row():
-            with gr.Column(min_width=300):
-                source_video = gr.File(label="Source video (mp4, mov, webm, avi, mkv or GIF)", type="filepath",
-                                       file_types=["video", ".gif"], elem_id="source-video", height=120)
-                with gr.Row():
-                    start_time = gr.Number(label="Start time (s)", value=0, minimum=0, elem_id="start-time", min_width=140)
-                    end_time = gr.Number(label="End time (s, optional)", value=None, minimum=0, elem_id="end-time",
-                                         info="Empty or 0: use the frame count.", min_width=140)
-                with gr.Row():
-                    frames = gr.Slider(2, settings.max_frames, value=min(base.frames, settings.max_frames), step=1,
-                                       label="Frames", info="16 is what the model was trained on.", elem_id="frames",
-                                       min_width=160)
-                    fps = gr.Slider(1, 30, value=base.fps, step=1, label="Frames per second", elem_id="fps",
-                                    min_width=160)
-                with gr.Row():
-                    width = gr.Slider(64, settings.max_size, value=min(base.width, settings.max_size), step=64,
-                                      label="Width", elem_id="width", min_width=160)
-                    height = gr.Slider(64, settings.max_size, value=min(base.height, settings.max_size), step=64,
-                                       label="Height", elem_id="height", info="512×512 is the model's size.",
-                                       min_width=160)
-                resize_mode = gr.Radio(RESIZE_CHOICES, value=base.resize_mode, label="Fit to the size",
-                                       elem_id="resize-mode")
-                keep_audio = gr.Checkbox(label="Keep the source audio", value=False, elem_id="keep-audio")
-            with gr.Column(min_width=300):
-                clip_info = gr.Markdown("Upload a video to see the prepared clip here.", elem_id="clip-info")
-                prepared_video = gr.Video(label="Prepared clip (what will be edited)", interactive=False, format=None,
-                                          loop=True, elem_id="prepared-video", height=240)
-                first_frame = gr.Image(label="Its first frame", interactive=False, format="png", type="filepath",
-                                       elem_id="first-frame", height=240)
-                first_frame_download = gr.DownloadButton("Download the first frame (PNG)", value=None,
-                                                         interactive=False, elem_id="first-frame-download")
-
-        # ---- 2. First frame ---------------------------------------------------------------------------
-        gr.Markdown("## 2. First frame")
-        gr.Markdown(
-            "Pick an editor tab (on a phone the tabs wrap onto several rows). Editors often need a few tries: make "
-            "several candidates, click the best one and press **Use this frame**. Or edit the downloaded first frame "
-            "in any program and upload it in the manual tab (transparent areas keep the source).",
-            elem_classes=["step-help"],
-        )
-        mask_widgets: list[gr.ImageEditor] = []
-        with gr.Row():
-            with gr.Column(scale=3, min_width=300):
-                editor_tabs: list[tuple[Editor, dict[str, gr.Component], gr.Component | None, gr.Button]] = []
-                with gr.Tabs(elem_id="editor-tabs", overflow_behavior="wrap"):
-                    for editor in available.values():
-                        with gr.Tab(editor.title, id=editor.name, elem_id=f"editor-tab-{editor.name}"):
-                            gr.Markdown(editor.description)
-                            reason = editor.unavailable_reason()
-                            if reason:
-                                gr.Markdown(f"**Not available on this server:** {html.escape(reason)}",
-                                            elem_id=f"{editor.name}-unavailable")
-                            widgets = {spec.name: editor_widget(spec, f"{editor.name}-{spec.name}") for spec in editor.inputs}
-                            mask_widgets += [w for s, w in zip(editor.inputs, widgets.values()) if s.kind == "mask"]
-                            count = None
-                            if editor.supports_candidates:
-                                count = gr.Slider(1, MAX_CANDIDATES, value=1, step=1, label="Candidates",
-                                                  info="Each candidate uses the next seed.",
-                                                  elem_id=f"{editor.name}-candidates")
-                            label = "Make candidates" if editor.supports_candidates else "Use the uploaded frame"
-                            button = gr.Button(label, variant="primary", elem_id=f"{editor.name}-run")
-                            editor_tabs.append((editor, widgets, count, button))
-                gallery = gr.Gallery(label="Candidates: click one to pick it", columns=4, height=240,
-                                     allow_preview=False, elem_id="candidates", format="png")
-                frame_status = gr.Markdown("", elem_id="frame-status")
-                use_btn = gr.Button("Use this frame", elem_id="use-frame-btn")
-            with gr.Column(scale=2, min_width=300):
-                edited_frame = checked_image(
-                    label="Edited first frame (used for the video edit)", type="filepath", format="png",
-                    image_mode="RGBA", sources=["upload", "clipboard"], elem_id="edited-frame", height=300,
-                )
-
-        # ---- 3. Video edit ----------------------------------------------------------------------------
-        gr.Markdown("## 3. Video edit")
-        with gr.Row():
-            with gr.Column(min_width=300):
-                prompt = gr.Textbox(
-                    label="Describe the edited video", lines=2, elem_id="prompt",
-                    info="A caption of the result, not the change (e.g. 'a robot doing exercises').",
-                    placeholder="a man with a party hat doing exercises",
-                )
-                change_preset = gr.Radio([(CHANGE_PRESET_LABELS[k], k) for k in (*CHANGE_PRESETS, "custom")],
-                                         value=change_preset_of(base.tau_conv, base.tau_sa, base.tau_ta,
-                                                                        base.start_index),
-                                         label="How much may change?", elem_id="change-preset")
-                taus = {
-                    name: gr.Slider(0, 1, value=getattr(base, name), step=0.05, label=label, info=info,
-                                    elem_id=name.replace("_", "-"), min_width=160)
-                    for name, (label, info) in TAU_SLIDERS.items()
-                }
-                start_index = gr.Slider(0, base.steps - 1, value=base.start_index, step=1,
-                                        label="Skip the first steps (keeps more of the source)",
-                                        info="T' (start index): sampling starts this many steps in.",
-                                        elem_id="start-index", min_width=160)
-                with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
-                    quality = gr.Dropdown(quality_choices, value=settings.preset, label="Quality preset",
-                                          info="Sets the steps and the inversion steps.", elem_id="preset")
-                    steps = gr.Slider(1, 200, value=base.steps, step=1, label="Sampling steps", elem_id="steps")
-                    inversion_steps = gr.Dropdown(
-                        valid_inversion_steps(sched, base.steps), value=base.inversion_steps, label="Inversion steps",
-                        info="Only values that serve the sampling steps are offered; more is more faithful but slower.",
-                        elem_id="inversion-steps",
-                    )
-                    guidance = gr.Slider(0, 20, value=base.guidance, step=0.5, label="Guidance",
-                                         info="How strongly to follow the prompt and the edited frame.",
-                                         elem_id="guidance")
-                    seed = gr.Number(label="Seed", value=base.seed, precision=0, minimum=0, maximum=MAX_SEED,
-                                     elem_id="seed")
-                    negative_prompt = gr.Textbox(label="Negative prompt", value=base.negative_prompt, lines=2,
-                                                 elem_id="negative-prompt")
-                estimate_md = gr.Markdown("", elem_id="estimate")
-                with gr.Row():
-                    run_btn = gr.Button("Edit the video", variant="primary", elem_id="run-btn", min_width=120)
-                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", min_width=120)
-            with gr.Column(min_width=300):
-                with gr.Row():
-                    before_video = gr.Video(label="Before", interactive=False, format=None, loop=True, autoplay=True,
-                                            elem_id="before-video", height=280, min_width=150)
-                    output_video = gr.Video(label="After (edited)", interactive=False, format=None, loop=True,
-                                            autoplay=True, elem_id="output-video", height=280, min_width=150)
-                edit_status_md = gr.Markdown("", elem_id="edit-status")
-                downloads = gr.File(label="Downloads: the video and its settings (JSON)", file_count="multiple",
-                                    interactive=False, elem_id="downloads")
-                with gr.Accordion("Settings and measurements (JSON)", open=False):
-                    settings_json = gr.JSON(label="Settings", elem_id="settings-json")
-
+        video_step(c, p)
+        first_frame_step(c, p)
+        video_edit_step(c, p)
         device = settings.device_name
         gr.Markdown(
             f"Video model: `{os.path.basename(settings.model.rstrip('/'))}` on {device}. "
@@ -324,301 +195,482 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
             + f"Results are deleted after {settings.keep_hours:g} h. API: see *Use via API* below.",
             elem_classes=["step-help"],
         )
-
-        # ---- Events: step 1 ------------------------------------------------------------------------------
-        clip_inputs = dict(frames=frames, fps=fps, start_time=start_time, end_time=end_time, width=width,
-                           height=height, resize_mode=resize_mode)
-        result_outputs = [before_video, output_video, downloads, edit_status_md, settings_json]
-        prepare_outputs = [prepared_video, first_frame, first_frame_download, clip_info, clip_state, *mask_widgets,
-                           frame_status]
-
-        def no_clip(text: str) -> tuple:
-            return (None, None, gr.DownloadButton(value=None, interactive=False), text, None,
-                    *[None for _ in mask_widgets], gr.skip())
-
-        async def on_prepare(video: str | None, previous: dict | None, progress: gr.Progress = gr.Progress(), **clip: Any):
-            if not video:
-                return no_clip("Upload a video to see the prepared clip here.")
-            try:
-                config = build_config(settings, **clip)
-                progress(0.1, desc="Reading and resizing the frames")
-                entry = await asyncio.to_thread(jobs.prepare, video, config, True)
-            except Exception as exc:  # noqa: BLE001 - the message replaces "Preparing the clip..." and pops up
-                message = user_error(exc, "preparing the video", [video]).message
-                gr.Warning(message, duration=None)
-                return no_clip(f"**Could not prepare the clip:** {message}")
-            framing = [config.start_time, config.width, config.height, config.resize_mode]
-            state = {"video": video, "first_frame": entry.first_frame_path, "resize_mode": config.resize_mode,
-                     "framing": framing}
-            background = {"background": entry.first_frame_path, "layers": [], "composite": None}
-            status = gr.skip()
-            if previous and previous.get("video") == video and previous.get("framing") != framing:
-                status = ("**The first frame changed** (start time, size or fit): an edited first frame made before "
-                          "was made from the previous one. Make it again if it no longer matches.")
-            return (entry.preview_path, entry.first_frame_path,
-                    gr.DownloadButton(value=entry.first_frame_path, interactive=True), entry.summary, state,
-                    *[background for _ in mask_widgets], status)
-
-        def on_new_video():
-            """Everything from the previous video goes: clip, edited frame, candidates and result."""
-            return (*no_clip("Preparing the clip…")[:-1], None, None, {"editor": None, "paths": []}, "",
-                    None, None, None, "", None, "")
-
-        prepare_inputs = [source_video, clip_state]
-        reset_outputs = [*prepare_outputs[:-1], edited_frame, gallery, candidates_state, frame_status, *result_outputs,
-                         estimate_md]
-        prepare_options = dict(inputs_kwargs=clip_inputs, concurrency_limit=2, concurrency_id="prepare",
-                               show_progress="minimal", show_progress_on=[clip_info], api_visibility="private")
-        estimate_inputs = dict(video=source_video, steps=steps, inversion_steps=inversion_steps,
-                               start_index=start_index, guidance=guidance, **clip_inputs)
-
-        async def on_estimate(**kw: Any) -> str:
-            video = kw.pop("video")
-            try:
-                config = build_config(settings, **kw)
-                return await asyncio.to_thread(jobs.estimate, video, config)
-            except Exception:  # noqa: BLE001 - invalid values are reported when the edit starts
-                return ""
-
-        estimate_options = dict(inputs_kwargs=estimate_inputs, concurrency_limit=2, concurrency_id="estimate",
-                                show_progress="hidden", api_visibility="private", trigger_mode="always_last")
-        for event in (source_video.upload, source_video.clear):
-            event(on_new_video, None, reset_outputs, queue=False, api_visibility="private").then(
-                on_prepare, prepare_inputs, prepare_outputs, **prepare_options).then(
-                on_estimate, None, estimate_md, **estimate_options)
-        for control in (frames, fps, width, height, resize_mode):
-            control.change(on_prepare, prepare_inputs, prepare_outputs, trigger_mode="always_last",
-                           **prepare_options).then(on_estimate, None, estimate_md, **estimate_options)
-        for control in (start_time, end_time):
-            for event in (control.submit, control.blur):
-                event(on_prepare, prepare_inputs, prepare_outputs, trigger_mode="always_last", **prepare_options)
-        for control in (steps, inversion_steps, start_index, guidance):
-            control.change(on_estimate, None, estimate_md, **estimate_options)
-
-        # ---- Events: step 2 ------------------------------------------------------------------------------
-        tau_outputs = [*taus.values(), start_index, change_preset]
-
-        def suggested(editor: Editor) -> tuple[list[Any], str]:
-            """The editor's suggested video settings as slider updates, and the sentence that says so."""
-            values = dict(editor.video_settings or {})
-            if not values:
-                return [gr.skip()] * len(tau_outputs), ""
-            updates = [values.get(name, gr.skip()) for name in (*taus, "start_index")]
-            preset = change_preset_of(*[values.get(n, 0) for n in (*taus, "start_index")])
-            listed = ", ".join(f"{k} {v:g}" for k, v in values.items())
-            return updates + [preset], f" Suggested settings for {editor.title} edits applied in step 3 ({listed})."
-
-        def make_editor_fn(editor: Editor) -> Callable[..., Any]:
-            async def on_edit_frame(state: dict | None, candidates: Any, request: gr.Request,
-                                    progress: gr.Progress = gr.Progress(), **values: Any):
-                if not state:
-                    raise gr.Error("Upload a video in step 1 first: the editors work on its first frame.")
-                stop = jobs.new_job(request.session_hash or "", "frame")
-                with reported(f"editing the first frame with {editor.title}",
-                              [v for v in values.values() if isinstance(v, str)]):
-                    values["resize_mode"] = state.get("resize_mode", "crop")
-                    frame = as_image(state["first_frame"], "first frame").convert("RGB")
-                    try:
-                        paths = await run_cancellable(lambda stop: jobs.edit_frame(
-                            editor.name, frame, values, int(candidates or 1), _progress_fn(progress), stop), stop)
-                    except CancelledError:  # the Cancel button: shown as cancelled, not as an error
-                        return (None, {"editor": None, "paths": []}, 0, gr.skip(), "**Cancelled.**",
-                                *[gr.skip()] * len(tau_outputs))
-                seed_value = values.get("seed")
-                captions = [f"Candidate {i + 1}" + (f" (seed {int(seed_value) + i})" if seed_value is not None else "")
-                            for i in range(len(paths))]
-                shown = gr.Gallery(value=list(zip(paths, captions)), selected_index=0)
-                state_value = {"editor": editor.name, "paths": paths}
-                if len(paths) == 1:  # nothing to choose: use it right away
-                    updates, note = suggested(editor)
-                    return (shown, state_value, 0, paths[0], "Using this frame for the video edit (step 3)." + note,
-                            *updates)
-                return (shown, state_value, 0, gr.skip(),
-                        f"{len(paths)} candidates: click the best one, then press **Use this frame**.",
-                        *[gr.skip()] * len(tau_outputs))
-
-            return on_edit_frame
-
-        for editor, widgets, count, button in editor_tabs:
-            button.click(
-                make_editor_fn(editor), [clip_state, count if count is not None else gr.State(1)],
-                [gallery, candidates_state, selected_state, edited_frame, frame_status, *tau_outputs],
-                inputs_kwargs=widgets, concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
-                show_progress_on=[gallery], api_visibility="private",
-            )
-
-        # A click on the first frame sets the inputs an editor takes from a position (e.g. InstantID's face).
-        for editor, widgets, _, _ in editor_tabs:
-            click_widgets = [widgets[name] for name in editor.click_inputs if name in widgets]
-            if not click_widgets:
-                continue
-
-            def make_click_fn(editor: Editor, names: list[str]) -> Callable[..., Any]:
-                async def on_frame_click(state: dict | None, evt: gr.SelectData):
-                    if not state:
-                        raise gr.Error("Upload a video in step 1 first.")
-                    x, y = evt.index
-                    with reported(f"reading the click for {editor.title}"):
-                        frame = as_image(state["first_frame"], "first frame").convert("RGB")
-                        values = await asyncio.to_thread(jobs.frame_click_values, editor.name, frame, x, y)
-                    gr.Info(f"{editor.title}: " + ", ".join(f"{name} = {values[name]}" for name in names))
-                    return [values[name] for name in names]
-
-                return on_frame_click
-
-            first_frame.select(make_click_fn(editor, list(editor.click_inputs)), [clip_state], click_widgets,
-                               concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID, api_visibility="private")
-
-        def on_select(evt: gr.SelectData) -> int:
-            return int(evt.index)
-
-        gallery.select(on_select, None, selected_state, queue=False, api_visibility="private")
-
-        def on_use(candidates: dict, index: int):
-            paths = (candidates or {}).get("paths") or []
-            if not paths:
-                text = "There are no candidates yet: make some with an editor first (or upload a frame in the manual tab)."
-                gr.Warning(text)
-                return (gr.skip(), text, *[gr.skip()] * len(tau_outputs))
-            index = min(max(int(index or 0), 0), len(paths) - 1)
-            updates, note = [gr.skip()] * len(tau_outputs), ""
-            if candidates.get("editor") in available:
-                updates, note = suggested(available[candidates["editor"]])
-            return (paths[index], f"Using candidate {index + 1} for the video edit (step 3)." + note, *updates)
-
-        use_btn.click(on_use, [candidates_state, selected_state], [edited_frame, frame_status, *tau_outputs],
-                      api_visibility="private")
-
-        def on_frame_upload(path: str | None) -> str:  # checked_image has refused unreadable files already
-            return "Using the uploaded frame for the video edit (step 3)." if path else ""
-
-        edited_frame.upload(on_frame_upload, edited_frame, frame_status, api_visibility="private")
-
-        # ---- Events: step 3 ------------------------------------------------------------------------------
-        def on_change_preset(name: str):
-            if name not in CHANGE_PRESETS:
-                return [gr.skip()] * 4
-            return [CHANGE_PRESETS[name][key] for key in (*taus, "start_index")]
-
-        change_preset.input(on_change_preset, change_preset, [*taus.values(), start_index], queue=False,
-                            api_visibility="private")
-        for control in (*taus.values(), start_index):
-            control.input(change_preset_of, [*taus.values(), start_index], change_preset, queue=False,
-                          api_visibility="private")
-
-        def target_inversion(preset: str, current: Any) -> int:
-            return preset_config(preset).inversion_steps if preset in PRESETS else int(current or base.inversion_steps)
-
-        def on_steps(value: Any, preset: str, current: Any, start: Any):
-            count = max(int(value or 1), 1)
-            valid = valid_inversion_steps(sched, count)
-            chosen = int(current) if current in valid else derive_inversion_steps(sched, count, target_inversion(preset, current))
-            top = max(count - 1, 0)
-            return gr.Dropdown(choices=valid, value=chosen), gr.Slider(maximum=max(top, 1), value=min(int(start or 0), top))
-
-        steps.change(on_steps, [steps, quality, inversion_steps, start_index], [inversion_steps, start_index],
-                     queue=False, api_visibility="private")
-
-        def on_quality(name: str, current_steps: Any):
-            if name not in PRESETS:
-                return gr.skip(), gr.skip()
-            values = preset_values(name)
-            valid = valid_inversion_steps(sched, values["steps"])
-            return values["steps"], gr.Dropdown(choices=valid, value=derive_inversion_steps(
-                sched, values["steps"], values["inversion_steps"]))
-
-        quality.input(on_quality, [quality, steps], [steps, inversion_steps], queue=False, api_visibility="private")
-
-        def quality_label(steps_value: Any, inversion_value: Any) -> str:
-            for name in PRESETS:
-                if preset_values(name) == {"steps": int(steps_value or 0), "inversion_steps": int(inversion_value or 0)}:
-                    return name
-            return "custom"
-
-        for control in (steps, inversion_steps):
-            control.input(quality_label, [steps, inversion_steps], quality, queue=False, api_visibility="private")
-
-        async def on_edit_video(request: gr.Request, progress: gr.Progress = gr.Progress(), **kw: Any):
-            video, frame, text = kw.pop("video"), kw.pop("edited_frame"), kw.pop("prompt")
-            if not video:
-                raise gr.Error("Upload a video in step 1 first.")
-            if not frame:
-                raise gr.Error("Choose an edited first frame in step 2 first (or click an example).")
-            stop = jobs.job_stop(request.session_hash or "", "video")  # made at the click (lock)
-            with reported("editing the video", [video, frame]):
-                config = build_config(settings, **kw)
-                entry = await asyncio.to_thread(jobs.prepare, video, config, True)
-                try:
-                    result = await run_cancellable(
-                        lambda stop: jobs.edit_video(video, frame, text, config, _progress_fn(progress), stop), stop)
-                except CancelledError:  # the Cancel button: shown as cancelled, not as an error
-                    return None, None, None, CANCELLED, None
-                record = json.loads(Path(result.json_path).read_text())
-            return (entry.preview_path, str(result.video_path), [str(result.video_path), str(result.json_path)],
-                    edit_status(result), record)
-
-        run_inputs = dict(
-            video=source_video, edited_frame=edited_frame, prompt=prompt, start_index=start_index, steps=steps,
-            inversion_steps=inversion_steps, guidance=guidance, negative_prompt=negative_prompt, seed=seed,
-            keep_audio=keep_audio, **taus, **clip_inputs,
-        )
-
-        def lock(request: gr.Request):  # the old result goes, and a second click cannot start a second edit
-            jobs.new_job(request.session_hash or "", "video")
-            return gr.Button(interactive=False), None, None, None, "", None
-
-        lock_event = run_btn.click(lock, None, [run_btn, *result_outputs], queue=False, api_visibility="private")
-        run_event = lock_event.then(
-            on_edit_video, None, result_outputs, inputs_kwargs=run_inputs, concurrency_limit=1,
-            concurrency_id=GPU_CONCURRENCY_ID, show_progress="full", show_progress_on=[output_video],
-            api_visibility="private",
-        )
-        run_event.then(lambda: gr.Button(interactive=True), None, run_btn, queue=False, api_visibility="private").then(
-            on_estimate, None, estimate_md, **estimate_options)  # now measured on this server, model loaded
-
-        def on_cancel(request: gr.Request):
-            # A stop flag, not Gradio's `cancels`: the job ends normally as "Cancelled" (no red Error badges),
-            # within one step, and a job still waiting in the queue ends as soon as it starts.
-            jobs.cancel(request.session_hash or "")
-            return gr.Button(interactive=True), None, None, None, CANCELLED, None
-
-        cancel_btn.click(on_cancel, None, [run_btn, *result_outputs], queue=False, api_visibility="private")
-
-        # ---- Examples: load everything, reset the rest, small settings on a CPU ---------------------------
-        if examples:
-            small = example_clip_settings(settings)
-
-            def on_example(evt: gr.SelectData) -> dict:
-                example = examples[int(evt.index)]
-                inversion = derive_inversion_steps(sched, small["steps"], base.inversion_steps)
-                values = dict(zip(reset_outputs, on_new_video()))
-                values.update({
-                    source_video: example.video, edited_frame: example.edited_frame, prompt: example.prompt,
-                    taus["tau_conv"]: example.tau_conv, taus["tau_sa"]: example.tau_sa,
-                    taus["tau_ta"]: example.tau_ta, start_index: example.start_index,
-                    change_preset: change_preset_of(example.tau_conv, example.tau_sa, example.tau_ta,
-                                                            example.start_index),
-                    frames: small["frames"], fps: small["fps"], width: small["width"], height: small["height"],
-                    resize_mode: "crop", start_time: 0, end_time: None, steps: small["steps"],
-                    inversion_steps: gr.Dropdown(choices=valid_inversion_steps(sched, small["steps"]), value=inversion),
-                    quality: quality_label(small["steps"], inversion),
-                    frame_status: "Using the example's edited frame for the video edit (step 3).",
-                })
-                return values
-
-            example_outputs = list(dict.fromkeys([
-                *reset_outputs, source_video, edited_frame, prompt, *taus.values(), start_index, change_preset,
-                frames, fps, width, height, resize_mode, start_time, end_time, steps, inversion_steps, quality]))
-            example_gallery.select(on_example, None, example_outputs, queue=False, api_visibility="private").then(None, js=SCROLL_TO_STEP_1).then(
-                on_prepare, prepare_inputs, prepare_outputs, **prepare_options).then(
-                on_estimate, None, estimate_md, **estimate_options)
-
-        # ---- Public API (gradio_client): hidden components, so the endpoints have clean signatures ---------
+        wire_video_step(c, p)
+        wire_first_frame_step(c, p)
+        wire_video_edit_step(c, p)
+        if c.examples:
+            wire_examples(c, p)
+        # Public API (gradio_client): hidden components, so the endpoints have clean signatures.
         with gr.Column(visible=False):
-            _build_api(jobs, settings, base, available, api_editor_params(available))
+            _build_api(jobs, settings, base, c.available, api_editor_params(c.available))
 
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo
+
+
+# ---- 1. Video ---------------------------------------------------------------------------------------------
+
+
+def video_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    """The source video, its clip settings, and the prepared clip with its first frame."""
+    settings, base = c.settings, c.base
+    gr.Markdown("## 1. Video", elem_id="step-1")
+    with gr.Row():
+        with gr.Column(min_width=300):
+            p.source_video = gr.File(label="Source video (mp4, mov, webm, avi, mkv or GIF)", type="filepath",
+                                     file_types=["video", ".gif"], elem_id="source-video", height=120)
+            with gr.Row():
+                p.start_time = gr.Number(label="Start time (s)", value=0, minimum=0, elem_id="start-time",
+                                         min_width=140)
+                p.end_time = gr.Number(label="End time (s, optional)", value=None, minimum=0, elem_id="end-time",
+                                       info="Empty or 0: use the frame count.", min_width=140)
+            with gr.Row():
+                p.frames = gr.Slider(2, settings.max_frames, value=min(base.frames, settings.max_frames), step=1,
+                                     label="Frames", info="16 is what the model was trained on.", elem_id="frames",
+                                     min_width=160)
+                p.fps = gr.Slider(1, 30, value=base.fps, step=1, label="Frames per second", elem_id="fps",
+                                  min_width=160)
+            with gr.Row():
+                p.width = gr.Slider(64, settings.max_size, value=min(base.width, settings.max_size), step=64,
+                                    label="Width", elem_id="width", min_width=160)
+                p.height = gr.Slider(64, settings.max_size, value=min(base.height, settings.max_size), step=64,
+                                     label="Height", elem_id="height", info="512×512 is the model's size.",
+                                     min_width=160)
+            p.resize_mode = gr.Radio(RESIZE_CHOICES, value=base.resize_mode, label="Fit to the size",
+                                     elem_id="resize-mode")
+            p.keep_audio = gr.Checkbox(label="Keep the source audio", value=False, elem_id="keep-audio")
+        with gr.Column(min_width=300):
+            p.clip_info = gr.Markdown("Upload a video to see the prepared clip here.", elem_id="clip-info")
+            p.prepared_video = gr.Video(label="Prepared clip (what will be edited)", interactive=False, format=None,
+                                        loop=True, elem_id="prepared-video", height=240)
+            p.first_frame = gr.Image(label="Its first frame", interactive=False, format="png", type="filepath",
+                                     elem_id="first-frame", height=240)
+            p.first_frame_download = gr.DownloadButton("Download the first frame (PNG)", value=None,
+                                                       interactive=False, elem_id="first-frame-download")
+
+
+def wire_video_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    """Preparing the clip on upload and on every clip setting, and the time estimate; the handlers later steps
+    reuse go on `p`."""
+    settings, jobs = c.settings, c.jobs
+    clip_inputs = p.clip_inputs = dict(frames=p.frames, fps=p.fps, start_time=p.start_time, end_time=p.end_time,
+                                       width=p.width, height=p.height, resize_mode=p.resize_mode)
+    p.result_outputs = [p.before_video, p.output_video, p.downloads, p.edit_status_md, p.settings_json]
+    p.prepare_outputs = [p.prepared_video, p.first_frame, p.first_frame_download, p.clip_info, p.clip_state,
+                         *p.mask_widgets, p.frame_status]
+    mask_widgets = p.mask_widgets
+
+    def no_clip(text: str) -> tuple:
+        return (None, None, gr.DownloadButton(value=None, interactive=False), text, None,
+                *[None for _ in mask_widgets], gr.skip())
+
+    async def on_prepare(video: str | None, previous: dict | None, progress: gr.Progress = gr.Progress(), **clip: Any):
+        if not video:
+            return no_clip("Upload a video to see the prepared clip here.")
+        try:
+            config = build_config(settings, **clip)
+            progress(0.1, desc="Reading and resizing the frames")
+            entry = await asyncio.to_thread(jobs.prepare, video, config, True)
+        except Exception as exc:  # noqa: BLE001 - the message replaces "Preparing the clip..." and pops up
+            message = user_error(exc, "preparing the video", [video]).message
+            gr.Warning(message, duration=None)
+            return no_clip(f"**Could not prepare the clip:** {message}")
+        framing = [config.start_time, config.width, config.height, config.resize_mode]
+        state = {"video": video, "first_frame": entry.first_frame_path, "resize_mode": config.resize_mode,
+                 "framing": framing}
+        background = {"background": entry.first_frame_path, "layers": [], "composite": None}
+        status = gr.skip()
+        if previous and previous.get("video") == video and previous.get("framing") != framing:
+            status = ("**The first frame changed** (start time, size or fit): an edited first frame made before "
+                      "was made from the previous one. Make it again if it no longer matches.")
+        return (entry.preview_path, entry.first_frame_path,
+                gr.DownloadButton(value=entry.first_frame_path, interactive=True), entry.summary, state,
+                *[background for _ in mask_widgets], status)
+
+    def on_new_video():
+        """Everything from the previous video goes: clip, edited frame, candidates and result."""
+        return (*no_clip("Preparing the clip…")[:-1], None, None, {"editor": None, "paths": []}, "",
+                None, None, None, "", None, "")
+
+    p.prepare_inputs = [p.source_video, p.clip_state]
+    p.reset_outputs = [*p.prepare_outputs[:-1], p.edited_frame, p.gallery, p.candidates_state, p.frame_status,
+                       *p.result_outputs, p.estimate_md]
+    p.prepare_options = dict(inputs_kwargs=clip_inputs, concurrency_limit=2, concurrency_id="prepare",
+                             show_progress="minimal", show_progress_on=[p.clip_info], api_visibility="private")
+    estimate_inputs = dict(video=p.source_video, steps=p.steps, inversion_steps=p.inversion_steps,
+                           start_index=p.start_index, guidance=p.guidance, **clip_inputs)
+
+    async def on_estimate(**kw: Any) -> str:
+        video = kw.pop("video")
+        try:
+            config = build_config(settings, **kw)
+            return await asyncio.to_thread(jobs.estimate, video, config)
+        except Exception:  # noqa: BLE001 - invalid values are reported when the edit starts
+            return ""
+
+    p.on_prepare, p.on_new_video, p.on_estimate = on_prepare, on_new_video, on_estimate
+    p.estimate_options = dict(inputs_kwargs=estimate_inputs, concurrency_limit=2, concurrency_id="estimate",
+                              show_progress="hidden", api_visibility="private", trigger_mode="always_last")
+    prepare = (on_prepare, p.prepare_inputs, p.prepare_outputs)
+    estimate = (on_estimate, None, p.estimate_md)
+    for event in (p.source_video.upload, p.source_video.clear):
+        event(on_new_video, None, p.reset_outputs, queue=False, api_visibility="private").then(
+            *prepare, **p.prepare_options).then(*estimate, **p.estimate_options)
+    for control in (p.frames, p.fps, p.width, p.height, p.resize_mode):
+        control.change(*prepare, trigger_mode="always_last", **p.prepare_options).then(
+            *estimate, **p.estimate_options)
+    for control in (p.start_time, p.end_time):
+        for event in (control.submit, control.blur):
+            event(*prepare, trigger_mode="always_last", **p.prepare_options)
+    for control in (p.steps, p.inversion_steps, p.start_index, p.guidance):
+        control.change(*estimate, **p.estimate_options)
+
+
+# ---- 2. First frame: one tab per editor, generated from its declared inputs ---------------------------------
+
+
+def first_frame_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    """The editor tabs (widgets from each editor's inputs), the candidates and the edited first frame."""
+    gr.Markdown("## 2. First frame")
+    gr.Markdown(
+        "Pick an editor tab (on a phone the tabs wrap onto several rows). Editors often need a few tries: make "
+        "several candidates, click the best one and press **Use this frame**. Or edit the downloaded first frame "
+        "in any program and upload it in the manual tab (transparent areas keep the source).",
+        elem_classes=["step-help"],
+    )
+    p.mask_widgets = []
+    p.editor_tabs = []  # (editor, its widgets by input name, the candidates slider or None, its run button)
+    with gr.Row():
+        with gr.Column(scale=3, min_width=300):
+            with gr.Tabs(elem_id="editor-tabs", overflow_behavior="wrap"):
+                for editor in c.available.values():
+                    with gr.Tab(editor.title, id=editor.name, elem_id=f"editor-tab-{editor.name}"):
+                        p.editor_tabs.append(editor_tab(editor, p.mask_widgets))
+            p.gallery = gr.Gallery(label="Candidates: click one to pick it", columns=4, height=240,
+                                   allow_preview=False, elem_id="candidates", format="png")
+            p.frame_status = gr.Markdown("", elem_id="frame-status")
+            p.use_btn = gr.Button("Use this frame", elem_id="use-frame-btn")
+        with gr.Column(scale=2, min_width=300):
+            p.edited_frame = checked_image(
+                label="Edited first frame (used for the video edit)", type="filepath", format="png",
+                image_mode="RGBA", sources=["upload", "clipboard"], elem_id="edited-frame", height=300,
+            )
+
+
+def editor_tab(editor: Editor, mask_widgets: list[gr.ImageEditor]) -> tuple:
+    """One editor's tab content: its description, its inputs' widgets, the candidates slider and the button."""
+    gr.Markdown(editor.description)
+    reason = editor.unavailable_reason()
+    if reason:
+        gr.Markdown(f"**Not available on this server:** {html.escape(reason)}", elem_id=f"{editor.name}-unavailable")
+    widgets = {spec.name: editor_widget(spec, f"{editor.name}-{spec.name}") for spec in editor.inputs}
+    mask_widgets += [w for s, w in zip(editor.inputs, widgets.values()) if s.kind == "mask"]
+    count = None
+    if editor.supports_candidates:
+        count = gr.Slider(1, MAX_CANDIDATES, value=1, step=1, label="Candidates",
+                          info="Each candidate uses the next seed.", elem_id=f"{editor.name}-candidates")
+    label = "Make candidates" if editor.supports_candidates else "Use the uploaded frame"
+    button = gr.Button(label, variant="primary", elem_id=f"{editor.name}-run")
+    return editor, widgets, count, button
+
+
+def wire_first_frame_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    """Running an editor, clicks on the first frame, picking a candidate, uploading a frame."""
+    jobs, available = c.jobs, c.available
+    tau_outputs = p.tau_outputs = [*p.taus.values(), p.start_index, p.change_preset]
+    taus = p.taus
+
+    def suggested(editor: Editor) -> tuple[list[Any], str]:
+        """The editor's suggested video settings as slider updates, and the sentence that says so."""
+        values = dict(editor.video_settings or {})
+        if not values:
+            return [gr.skip()] * len(tau_outputs), ""
+        updates = [values.get(name, gr.skip()) for name in (*taus, "start_index")]
+        preset = change_preset_of(*[values.get(n, 0) for n in (*taus, "start_index")])
+        listed = ", ".join(f"{k} {v:g}" for k, v in values.items())
+        return updates + [preset], f" Suggested settings for {editor.title} edits applied in step 3 ({listed})."
+
+    def make_editor_fn(editor: Editor) -> Callable[..., Any]:
+        async def on_edit_frame(state: dict | None, candidates: Any, request: gr.Request,
+                                progress: gr.Progress = gr.Progress(), **values: Any):
+            if not state:
+                raise gr.Error("Upload a video in step 1 first: the editors work on its first frame.")
+            stop = jobs.new_job(request.session_hash or "", "frame")
+            with reported(f"editing the first frame with {editor.title}",
+                          [v for v in values.values() if isinstance(v, str)]):
+                values["resize_mode"] = state.get("resize_mode", "crop")
+                frame = as_image(state["first_frame"], "first frame").convert("RGB")
+                try:
+                    paths = await run_cancellable(lambda stop: jobs.edit_frame(
+                        editor.name, frame, values, int(candidates or 1), _progress_fn(progress), stop), stop)
+                except CancelledError:  # the Cancel button: shown as cancelled, not as an error
+                    return (None, {"editor": None, "paths": []}, 0, gr.skip(), "**Cancelled.**",
+                            *[gr.skip()] * len(tau_outputs))
+            seed_value = values.get("seed")
+            captions = [f"Candidate {i + 1}" + (f" (seed {int(seed_value) + i})" if seed_value is not None else "")
+                        for i in range(len(paths))]
+            shown = gr.Gallery(value=list(zip(paths, captions)), selected_index=0)
+            state_value = {"editor": editor.name, "paths": paths}
+            if len(paths) == 1:  # nothing to choose: use it right away
+                updates, note = suggested(editor)
+                return (shown, state_value, 0, paths[0], "Using this frame for the video edit (step 3)." + note,
+                        *updates)
+            return (shown, state_value, 0, gr.skip(),
+                    f"{len(paths)} candidates: click the best one, then press **Use this frame**.",
+                    *[gr.skip()] * len(tau_outputs))
+
+        return on_edit_frame
+
+    for editor, widgets, count, button in p.editor_tabs:
+        button.click(
+            make_editor_fn(editor), [p.clip_state, count if count is not None else gr.State(1)],
+            [p.gallery, p.candidates_state, p.selected_state, p.edited_frame, p.frame_status, *tau_outputs],
+            inputs_kwargs=widgets, concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
+            show_progress_on=[p.gallery], api_visibility="private",
+        )
+    wire_frame_clicks(c, p)
+
+    def on_select(evt: gr.SelectData) -> int:
+        return int(evt.index)
+
+    p.gallery.select(on_select, None, p.selected_state, queue=False, api_visibility="private")
+
+    def on_use(candidates: dict, index: int):
+        paths = (candidates or {}).get("paths") or []
+        if not paths:
+            text = "There are no candidates yet: make some with an editor first (or upload a frame in the manual tab)."
+            gr.Warning(text)
+            return (gr.skip(), text, *[gr.skip()] * len(tau_outputs))
+        index = min(max(int(index or 0), 0), len(paths) - 1)
+        updates, note = [gr.skip()] * len(tau_outputs), ""
+        if candidates.get("editor") in available:
+            updates, note = suggested(available[candidates["editor"]])
+        return (paths[index], f"Using candidate {index + 1} for the video edit (step 3)." + note, *updates)
+
+    p.use_btn.click(on_use, [p.candidates_state, p.selected_state], [p.edited_frame, p.frame_status, *tau_outputs],
+                    api_visibility="private")
+
+    def on_frame_upload(path: str | None) -> str:  # checked_image has refused unreadable files already
+        return "Using the uploaded frame for the video edit (step 3)." if path else ""
+
+    p.edited_frame.upload(on_frame_upload, p.edited_frame, p.frame_status, api_visibility="private")
+
+
+def wire_frame_clicks(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    """A click on the first frame sets the inputs an editor takes from a position (e.g. InstantID's face)."""
+    jobs = c.jobs
+    for editor, widgets, _, _ in p.editor_tabs:
+        click_widgets = [widgets[name] for name in editor.click_inputs if name in widgets]
+        if not click_widgets:
+            continue
+
+        def make_click_fn(editor: Editor, names: list[str]) -> Callable[..., Any]:
+            async def on_frame_click(state: dict | None, evt: gr.SelectData):
+                if not state:
+                    raise gr.Error("Upload a video in step 1 first.")
+                x, y = evt.index
+                with reported(f"reading the click for {editor.title}"):
+                    frame = as_image(state["first_frame"], "first frame").convert("RGB")
+                    values = await asyncio.to_thread(jobs.frame_click_values, editor.name, frame, x, y)
+                gr.Info(f"{editor.title}: " + ", ".join(f"{name} = {values[name]}" for name in names))
+                return [values[name] for name in names]
+
+            return on_frame_click
+
+        p.first_frame.select(make_click_fn(editor, list(editor.click_inputs)), [p.clip_state], click_widgets,
+                             concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID, api_visibility="private")
+
+
+# ---- 3. Video edit ----------------------------------------------------------------------------------------
+
+
+def video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    """The prompt, how much may change, the advanced settings, run and cancel, and the before/after result."""
+    settings, base = c.settings, c.base
+    quality_choices = [(f"{n} ({preset_config(n).inversion_steps} inversion steps)", n) for n in PRESETS]
+    quality_choices.append(("custom", "custom"))
+    gr.Markdown("## 3. Video edit")
+    with gr.Row():
+        with gr.Column(min_width=300):
+            p.prompt = gr.Textbox(
+                label="Describe the edited video", lines=2, elem_id="prompt",
+                info="A caption of the result, not the change (e.g. 'a robot doing exercises').",
+                placeholder="a man with a party hat doing exercises",
+            )
+            p.change_preset = gr.Radio([(CHANGE_PRESET_LABELS[k], k) for k in (*CHANGE_PRESETS, "custom")],
+                                       value=change_preset_of(base.tau_conv, base.tau_sa, base.tau_ta,
+                                                              base.start_index),
+                                       label="How much may change?", elem_id="change-preset")
+            p.taus = {
+                name: gr.Slider(0, 1, value=getattr(base, name), step=0.05, label=label, info=info,
+                                elem_id=name.replace("_", "-"), min_width=160)
+                for name, (label, info) in TAU_SLIDERS.items()
+            }
+            p.start_index = gr.Slider(0, base.steps - 1, value=base.start_index, step=1,
+                                      label="Skip the first steps (keeps more of the source)",
+                                      info="T' (start index): sampling starts this many steps in.",
+                                      elem_id="start-index", min_width=160)
+            with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+                p.quality = gr.Dropdown(quality_choices, value=settings.preset, label="Quality preset",
+                                        info="Sets the steps and the inversion steps.", elem_id="preset")
+                p.steps = gr.Slider(1, 200, value=base.steps, step=1, label="Sampling steps", elem_id="steps")
+                p.inversion_steps = gr.Dropdown(
+                    valid_inversion_steps(c.sched, base.steps), value=base.inversion_steps, label="Inversion steps",
+                    info="Only values that serve the sampling steps are offered; more is more faithful but slower.",
+                    elem_id="inversion-steps",
+                )
+                p.guidance = gr.Slider(0, 20, value=base.guidance, step=0.5, label="Guidance",
+                                       info="How strongly to follow the prompt and the edited frame.",
+                                       elem_id="guidance")
+                p.seed = gr.Number(label="Seed", value=base.seed, precision=0, minimum=0, maximum=MAX_SEED,
+                                   elem_id="seed")
+                p.negative_prompt = gr.Textbox(label="Negative prompt", value=base.negative_prompt, lines=2,
+                                               elem_id="negative-prompt")
+            p.estimate_md = gr.Markdown("", elem_id="estimate")
+            with gr.Row():
+                p.run_btn = gr.Button("Edit the video", variant="primary", elem_id="run-btn", min_width=120)
+                p.cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", min_width=120)
+        with gr.Column(min_width=300):
+            with gr.Row():
+                p.before_video = gr.Video(label="Before", interactive=False, format=None, loop=True, autoplay=True,
+                                          elem_id="before-video", height=280, min_width=150)
+                p.output_video = gr.Video(label="After (edited)", interactive=False, format=None, loop=True,
+                                          autoplay=True, elem_id="output-video", height=280, min_width=150)
+            p.edit_status_md = gr.Markdown("", elem_id="edit-status")
+            p.downloads = gr.File(label="Downloads: the video and its settings (JSON)", file_count="multiple",
+                                  interactive=False, elem_id="downloads")
+            with gr.Accordion("Settings and measurements (JSON)", open=False):
+                p.settings_json = gr.JSON(label="Settings", elem_id="settings-json")
+
+
+def wire_settings(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    """The preset by intent follows the four sliders and back; the quality preset, the steps and the inversion
+    steps stay consistent (only inversion step counts that serve the steps are offered)."""
+    taus, start_index, sched, base = p.taus, p.start_index, c.sched, c.base
+
+    def on_change_preset(name: str):
+        if name not in CHANGE_PRESETS:
+            return [gr.skip()] * 4
+        return [CHANGE_PRESETS[name][key] for key in (*taus, "start_index")]
+
+    p.change_preset.input(on_change_preset, p.change_preset, [*taus.values(), start_index], queue=False,
+                          api_visibility="private")
+    for control in (*taus.values(), start_index):
+        control.input(change_preset_of, [*taus.values(), start_index], p.change_preset, queue=False,
+                      api_visibility="private")
+
+    def target_inversion(preset: str, current: Any) -> int:
+        return preset_config(preset).inversion_steps if preset in PRESETS else int(current or base.inversion_steps)
+
+    def on_steps(value: Any, preset: str, current: Any, start: Any):
+        count = max(int(value or 1), 1)
+        valid = valid_inversion_steps(sched, count)
+        chosen = int(current) if current in valid else derive_inversion_steps(sched, count, target_inversion(preset, current))
+        top = max(count - 1, 0)
+        return gr.Dropdown(choices=valid, value=chosen), gr.Slider(maximum=max(top, 1), value=min(int(start or 0), top))
+
+    p.steps.change(on_steps, [p.steps, p.quality, p.inversion_steps, start_index], [p.inversion_steps, start_index],
+                   queue=False, api_visibility="private")
+
+    def on_quality(name: str, current_steps: Any):
+        if name not in PRESETS:
+            return gr.skip(), gr.skip()
+        values = preset_values(name)
+        valid = valid_inversion_steps(sched, values["steps"])
+        return values["steps"], gr.Dropdown(choices=valid, value=derive_inversion_steps(
+            sched, values["steps"], values["inversion_steps"]))
+
+    p.quality.input(on_quality, [p.quality, p.steps], [p.steps, p.inversion_steps], queue=False,
+                    api_visibility="private")
+    for control in (p.steps, p.inversion_steps):
+        control.input(quality_label, [p.steps, p.inversion_steps], p.quality, queue=False, api_visibility="private")
+
+
+def wire_video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    """The settings' consistency, then Edit the video (locked while it runs) and Cancel."""
+    settings, jobs = c.settings, c.jobs
+    wire_settings(c, p)
+
+    async def on_edit_video(request: gr.Request, progress: gr.Progress = gr.Progress(), **kw: Any):
+        video, frame, text = kw.pop("video"), kw.pop("edited_frame"), kw.pop("prompt")
+        if not video:
+            raise gr.Error("Upload a video in step 1 first.")
+        if not frame:
+            raise gr.Error("Choose an edited first frame in step 2 first (or click an example).")
+        stop = jobs.job_stop(request.session_hash or "", "video")  # made at the click (lock)
+        with reported("editing the video", [video, frame]):
+            config = build_config(settings, **kw)
+            entry = await asyncio.to_thread(jobs.prepare, video, config, True)
+            try:
+                result = await run_cancellable(
+                    lambda stop: jobs.edit_video(video, frame, text, config, _progress_fn(progress), stop), stop)
+            except CancelledError:  # the Cancel button: shown as cancelled, not as an error
+                return None, None, None, CANCELLED, None
+            record = json.loads(Path(result.json_path).read_text())
+        return (entry.preview_path, str(result.video_path), [str(result.video_path), str(result.json_path)],
+                edit_status(result), record)
+
+    run_inputs = dict(
+        video=p.source_video, edited_frame=p.edited_frame, prompt=p.prompt, start_index=p.start_index, steps=p.steps,
+        inversion_steps=p.inversion_steps, guidance=p.guidance, negative_prompt=p.negative_prompt, seed=p.seed,
+        keep_audio=p.keep_audio, **p.taus, **p.clip_inputs,
+    )
+
+    def lock(request: gr.Request):  # the old result goes, and a second click cannot start a second edit
+        jobs.new_job(request.session_hash or "", "video")
+        return gr.Button(interactive=False), None, None, None, "", None
+
+    lock_event = p.run_btn.click(lock, None, [p.run_btn, *p.result_outputs], queue=False, api_visibility="private")
+    run_event = lock_event.then(
+        on_edit_video, None, p.result_outputs, inputs_kwargs=run_inputs, concurrency_limit=1,
+        concurrency_id=GPU_CONCURRENCY_ID, show_progress="full", show_progress_on=[p.output_video],
+        api_visibility="private",
+    )
+    run_event.then(lambda: gr.Button(interactive=True), None, p.run_btn, queue=False, api_visibility="private").then(
+        p.on_estimate, None, p.estimate_md, **p.estimate_options)  # now measured on this server, model loaded
+
+    def on_cancel(request: gr.Request):
+        # A stop flag, not Gradio's `cancels`: the job ends normally as "Cancelled" (no red Error badges),
+        # within one step, and a job still waiting in the queue ends as soon as it starts.
+        jobs.cancel(request.session_hash or "")
+        return gr.Button(interactive=True), None, None, None, CANCELLED, None
+
+    p.cancel_btn.click(on_cancel, None, [p.run_btn, *p.result_outputs], queue=False, api_visibility="private")
+
+
+# ---- Examples: load everything, reset the rest, small settings on a CPU -----------------------------------
+
+
+def wire_examples(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    examples, sched, base = c.examples, c.sched, c.base
+    small = example_clip_settings(c.settings)
+    taus = p.taus
+
+    def on_example(evt: gr.SelectData) -> dict:
+        example = examples[int(evt.index)]
+        inversion = derive_inversion_steps(sched, small["steps"], base.inversion_steps)
+        values = dict(zip(p.reset_outputs, p.on_new_video()))
+        values.update({
+            p.source_video: example.video, p.edited_frame: example.edited_frame, p.prompt: example.prompt,
+            taus["tau_conv"]: example.tau_conv, taus["tau_sa"]: example.tau_sa,
+            taus["tau_ta"]: example.tau_ta, p.start_index: example.start_index,
+            p.change_preset: change_preset_of(example.tau_conv, example.tau_sa, example.tau_ta,
+                                              example.start_index),
+            p.frames: small["frames"], p.fps: small["fps"], p.width: small["width"], p.height: small["height"],
+            p.resize_mode: "crop", p.start_time: 0, p.end_time: None, p.steps: small["steps"],
+            p.inversion_steps: gr.Dropdown(choices=valid_inversion_steps(sched, small["steps"]), value=inversion),
+            p.quality: quality_label(small["steps"], inversion),
+            p.frame_status: "Using the example's edited frame for the video edit (step 3).",
+        })
+        return values
+
+    example_outputs = list(dict.fromkeys([
+        *p.reset_outputs, p.source_video, p.edited_frame, p.prompt, *taus.values(), p.start_index, p.change_preset,
+        p.frames, p.fps, p.width, p.height, p.resize_mode, p.start_time, p.end_time, p.steps, p.inversion_steps,
+        p.quality]))
+    p.example_gallery.select(on_example, None, example_outputs, queue=False, api_visibility="private").then(
+        None, js=SCROLL_TO_STEP_1).then(p.on_prepare, p.prepare_inputs, p.prepare_outputs, **p.prepare_options).then(
+        p.on_estimate, None, p.estimate_md, **p.estimate_options)
 
 
 def _with_signature(fn: Callable[..., Any], parameters: list[inspect.Parameter]) -> Callable[..., Any]:
@@ -632,10 +684,17 @@ def _build_api(
     params: list[ApiEditorParam],
 ) -> None:
     """/edit_first_frame and /edit_video with parameter names, defaults and docs that gradio_client shows."""
+    _api_edit_first_frame(jobs, settings, base, available, params)
+    _api_edit_video(jobs, settings, base)
+
+
+def _api_edit_first_frame(
+    jobs: EditService, settings: AppSettings, base: EditConfig, available: Mapping[str, Editor],
+    params: list[ApiEditorParam],
+) -> None:
+    """/edit_first_frame: the endpoint's own parameters, then the union of every editor's inputs."""
     P = inspect.Parameter
     editor_names = list(available)
-
-    # -- /edit_first_frame --
     fixed = {
         "video": gr.Video(label="video", sources=["upload"], format=None),
         "editor": gr.Dropdown(editor_names, value=editor_names[0] if editor_names else None, label="editor"),
@@ -678,7 +737,9 @@ def _build_api(
         concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
     )
 
-    # -- /edit_video --
+
+def _api_edit_video(jobs: EditService, settings: AppSettings, base: EditConfig) -> None:
+    """/edit_video: every setting a named parameter with the server's default (None: derived)."""
     inputs = [
         gr.Video(label="video", sources=["upload"], format=None),
         checked_image(label="edited_frame", type="filepath", format="png", image_mode="RGBA"),
@@ -755,27 +816,6 @@ def launch_kwargs(settings: AppSettings) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    env = AppSettings.from_env()
-    parser = argparse.ArgumentParser(description="AnyV2V web app (Gradio).")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",
-                        help="interface to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
-                        help="port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
-    parser.add_argument("--output-dir", default=env.output_dir,
-                        help=f"folder for edited videos and frames (default {env.output_dir}; ANYV2V_OUTPUT_DIR)")
-    parser.add_argument("--max-upload-mb", type=int, default=env.max_upload_mb,
-                        help=f"largest upload in MB (default {env.max_upload_mb}; ANYV2V_MAX_UPLOAD_MB)")
-    parser.add_argument("--queue-size", type=int, default=env.queue_size,
-                        help=f"most jobs waiting in the queue (default {env.queue_size}; ANYV2V_QUEUE_SIZE)")
-    parser.add_argument("--max-frames", type=int, default=env.max_frames,
-                        help=f"most frames per edit (default {env.max_frames}; ANYV2V_MAX_FRAMES)")
-    parser.add_argument("--preload", action="store_true", default=env.preload,
-                        help="load the video model before serving (ANYV2V_PRELOAD=1)")
-    return parser.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -785,19 +825,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         output_dir=args.output_dir, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
         max_frames=args.max_frames, preload=args.preload,
     ).check()
-    problem = check_model_source(settings.model)
-    if problem:
-        logger.warning("%s", problem)
-    elif settings.preload:
-        started = time.perf_counter()
-        try:
-            EditService(settings).preload()
-            logger.info("loaded %s in %.1f s", settings.model, time.perf_counter() - started)
-        except Exception as exc:  # noqa: BLE001 - serve anyway; the page and the first edit say what is wrong
-            text = " ".join(str(exc).split())[:300]
-            message = text if isinstance(exc, AnyV2VError) else f"{type(exc).__name__}: {text}"
-            print(f"error: could not preload the model: {message}", file=sys.stderr)
-            problem = f"Preloading the model failed: {message}"
+    problem = startup_problem(settings)
     demo = build_app(settings, model_problem=problem)
     logger.info("model %s, outputs in %s, cache in %s", settings.model, settings.output_dir, settings.cache_dir)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(settings))

@@ -7,7 +7,7 @@ import functools
 import json
 from typing import Any
 
-from anyv2v.config import preset_config
+from anyv2v.config import PRESETS, preset_config
 from anyv2v.errors import AnyV2VError, ConfigError
 
 
@@ -15,6 +15,14 @@ def preset_values(name: str) -> dict[str, int]:
     """Steps and inversion steps of an engine preset."""
     config = preset_config(name)
     return {"steps": config.steps, "inversion_steps": config.inversion_steps}
+
+
+def quality_label(steps_value: Any, inversion_value: Any) -> str:
+    """The engine preset with these steps and inversion steps, or "custom" (the quality dropdown follows them)."""
+    for name in PRESETS:
+        if preset_values(name) == {"steps": int(steps_value or 0), "inversion_steps": int(inversion_value or 0)}:
+            return name
+    return "custom"
 
 
 # The four injection settings by what the user wants, from the paper's defaults and the reference's tuned

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from .estimates import EditEstimator
 from .jobs import EngineProgress, gpu_edit_frame, gpu_edit_video, gpu_slot
 from .messages import clip_summary, format_duration
 from .retention import prune_outputs, sweep_stale
-from .settings import AppSettings
+from .settings import AppSettings, check_model_source
 
 logger = logging.getLogger("anyv2v.app")
 
@@ -236,3 +238,22 @@ class EditService:
                     "reused" if result.inversion_from_cache else "computed")
         self.prune(keep=[result.video_path, result.json_path])
         return result
+
+
+def startup_problem(settings: AppSettings) -> str | None:
+    """What keeps the video model from loading (logged), else None; with `settings.preload`, loads it now and
+    reports a failure as the problem (the server serves anyway; the page and the first edit say what is wrong)."""
+    problem = check_model_source(settings.model)
+    if problem:
+        logger.warning("%s", problem)
+    elif settings.preload:
+        started = time.perf_counter()
+        try:
+            EditService(settings).preload()
+            logger.info("loaded %s in %.1f s", settings.model, time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - serve anyway; the page and the first edit say what is wrong
+            text = " ".join(str(exc).split())[:300]
+            message = text if isinstance(exc, AnyV2VError) else f"{type(exc).__name__}: {text}"
+            print(f"error: could not preload the model: {message}", file=sys.stderr)
+            problem = f"Preloading the model failed: {message}"
+    return problem

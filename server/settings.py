@@ -1,12 +1,14 @@
 """Server-side settings of the app from ANYV2V_* environment variables (models, device, limits, folders,
-retention, the login), checked at start, and the start-up check of the video model's source."""
+retention, the login), checked at start, the app's command line over them, and the start-up check of the
+video model's source."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,3 +184,24 @@ def check_model_source(model: str, timeout: float = 5.0) -> str | None:
         return (f"The video model {model} is not downloaded and the Hugging Face Hub cannot be reached "
                 f"({type(exc).__name__}). Check the network (or a proxy), or set ANYV2V_MODEL to a local folder. {demo}")
     return None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    env = AppSettings.from_env()
+    parser = argparse.ArgumentParser(description="AnyV2V web app (Gradio).")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",
+                        help="interface to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
+                        help="port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--output-dir", default=env.output_dir,
+                        help=f"folder for edited videos and frames (default {env.output_dir}; ANYV2V_OUTPUT_DIR)")
+    parser.add_argument("--max-upload-mb", type=int, default=env.max_upload_mb,
+                        help=f"largest upload in MB (default {env.max_upload_mb}; ANYV2V_MAX_UPLOAD_MB)")
+    parser.add_argument("--queue-size", type=int, default=env.queue_size,
+                        help=f"most jobs waiting in the queue (default {env.queue_size}; ANYV2V_QUEUE_SIZE)")
+    parser.add_argument("--max-frames", type=int, default=env.max_frames,
+                        help=f"most frames per edit (default {env.max_frames}; ANYV2V_MAX_FRAMES)")
+    parser.add_argument("--preload", action="store_true", default=env.preload,
+                        help="load the video model before serving (ANYV2V_PRELOAD=1)")
+    return parser.parse_args(argv)
