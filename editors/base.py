@@ -25,14 +25,14 @@ import torch
 from PIL import Image
 
 from anyv2v.device import oom_guard, resolve_device
-from anyv2v.errors import AnyV2VError
+from anyv2v.errors import AnyV2VError, ModelLoadError
 from anyv2v.video import load_image
 
 Progress = Callable[[float, str], None]
 
 # "mask": a region of the frame being edited (painted in the app, a mask image file from the CLI and the API);
-# it reaches `_edit` as a mode "L" image with values 0 or 255 (see `as_mask`).
-INPUT_KINDS = ("text", "image", "mask", "int", "float", "seed")
+# it reaches `_edit` as a mode "L" image with values 0 or 255 (see `as_mask`). "choice": one of `choices`.
+INPUT_KINDS = ("text", "image", "mask", "int", "float", "seed", "choice")
 # Video settings an editor may suggest for the propagation step (`Editor.video_settings`).
 VIDEO_SETTING_NAMES = ("tau_conv", "tau_sa", "tau_ta", "start_index")
 MAX_CANDIDATES = 8
@@ -41,8 +41,54 @@ MIN_FRAME_SIDE = 16
 MAX_FRAME_SIDE = 4096
 
 
+MAX_ECHO = 80  # characters of a user's own text quoted back in a message
+
+
+def quoted(value: Any, limit: int = MAX_ECHO) -> str:
+    """`value` quoted for a message (repr style) in at most about `limit` characters: longer text is cut with an
+    ellipsis, so a 100 KB string never comes back whole. Every message that echoes a user's text uses this."""
+    text = repr(value)
+    if len(text) <= limit + 2:
+        return text
+    if isinstance(value, str):  # keep the closing quote: 'abc…'
+        return text[: limit + 1] + "…" + text[0]
+    return text[:limit] + "…"
+
+
 class EditorError(AnyV2VError):
-    """An editor's input or setting cannot be used; the message says what to change."""
+    """An editor's input or setting cannot be used; the message says what to change.
+
+    `str(exc)` is the message for whoever uses the editor (a web visitor included): no server paths, no commands.
+    `operator` holds what only the server's operator can act on (paths, pip commands, downloads); the CLI prints
+    it after the message (its user is the operator), the app writes it to the server log only. `cli`, when given,
+    is the message in command-line terms (e.g. `--box` where the page says "a box").
+    """
+
+    def __init__(self, message: str, operator: str = "", cli: str = "") -> None:
+        super().__init__(message)
+        self.operator = operator.strip()
+        self.cli = cli.strip()  # the message in command-line terms (flags), where it differs
+
+    def cli_text(self) -> str:
+        """What a command line prints: `cli` when given (complete on its own), else the message and the operator's
+        details."""
+        return self.cli or f"{self} {self.operator}".strip()
+
+
+class EditorModelError(EditorError, ModelLoadError):
+    """An editor's model cannot be loaded on this server: a sentence for the user, the loader's details (paths,
+    what to download) for the operator and the command line."""
+
+
+def model_load_failure(title: str, exc: ModelLoadError) -> EditorModelError:
+    """`exc` (a loader's ModelLoadError, paths and all) as the user's sentence plus the operator's details."""
+    detail = " ".join(str(exc).split())
+    return EditorModelError(
+        f"the {title} model cannot be loaded on this server; the server's operator can fix it (the details are in "
+        "the server log).",
+        operator=detail,
+        cli=detail,
+    )
 
 
 @dataclass
@@ -50,7 +96,7 @@ class EditorInput:
     """One input an editor needs: the app turns it into a widget, the CLI into a flag."""
 
     name: str
-    kind: str  # "text" | "image" | "mask" | "int" | "float" | "seed"
+    kind: str  # "text" | "image" | "mask" | "int" | "float" | "seed" | "choice"
     label: str
     default: Any = None
     minimum: float | None = None
@@ -58,10 +104,13 @@ class EditorInput:
     step: float | None = None
     required: bool = False
     help: str = ""
+    choices: tuple[str, ...] = ()  # kind "choice": the allowed values (lower case)
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
             raise ValueError(f"input {self.name}: kind {self.kind!r} is not one of {INPUT_KINDS}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"input {self.name}: choices go with kind 'choice' and only with it")
 
     def describe_range(self) -> str:
         """'1..500' style range text for help and errors ('' when unbounded)."""
@@ -85,6 +134,11 @@ class EditorInput:
             if self.required and not text:
                 raise EditorError(f"{self.label} is empty. {self.help}".strip())
             return text
+        if self.kind == "choice":
+            choice = str(value).strip().lower()
+            if choice not in self.choices:
+                raise EditorError(f"{self.label} {quoted(str(value))} is not one of: {', '.join(self.choices)}.")
+            return choice
         if self.kind == "image":
             return as_image(value, self.label)
         if self.kind == "mask":
@@ -96,16 +150,16 @@ class EditorInput:
 
     def _number(self, value: Any) -> int | float:
         if isinstance(value, bool):
-            raise EditorError(f"{self.label} must be a number, got {value!r}.")
+            raise EditorError(f"{self.label} must be a number, got {quoted(value)}.")
         try:
             number = float(value)
-        except (TypeError, ValueError):
-            raise EditorError(f"{self.label} must be a number, got {value!r}.") from None
+        except (TypeError, ValueError, OverflowError):
+            raise EditorError(f"{self.label} must be a number, got {quoted(value)}.") from None
         if not math.isfinite(number):
-            raise EditorError(f"{self.label} must be a finite number, got {value!r}.")
+            raise EditorError(f"{self.label} must be a finite number, got {quoted(value)}.")
         if self.kind in ("int", "seed"):
             if number != int(number):
-                raise EditorError(f"{self.label} must be a whole number, got {value!r}.")
+                raise EditorError(f"{self.label} must be a whole number, got {quoted(value)}.")
             number = int(number)
         low = self.minimum if self.minimum is not None else (0 if self.kind == "seed" else None)
         high = self.maximum if self.maximum is not None else (MAX_SEED if self.kind == "seed" else None)
@@ -215,11 +269,11 @@ def model_key(model: str) -> str:
 def resolve_torch_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
     """`anyv2v.device.resolve_device` with bad names and missing CUDA turned into one-line errors."""
     if dtype is not None and dtype not in ("float16", "bfloat16", "float32"):
-        raise EditorError(f"dtype {dtype!r} must be float16, bfloat16 or float32.")
+        raise EditorError(f"dtype {quoted(dtype)} must be float16, bfloat16 or float32.")
     try:
         torch_device, torch_dtype = resolve_device(device, dtype)
     except RuntimeError:
-        raise EditorError(f"device {device!r} is not a device name; use cpu, cuda or cuda:N.") from None
+        raise EditorError(f"device {quoted(device)} is not a device name; use cpu, cuda or cuda:N.") from None
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise EditorError("device cuda was requested but no CUDA GPU is available; use --device cpu.")
     return torch_device, torch_dtype
@@ -271,10 +325,23 @@ class Editor(abc.ABC):
         """Values of `click_inputs` for a click at pixel (x, y) of `frame` (the app wires clicks to this)."""
         return {}
 
-    def unavailable_reason(self, model: str | None = None) -> str | None:
-        """Why this editor cannot run here (a missing optional package or model file), with what to install or
-        download; None when it can. Cheap: never loads a model. The app still shows the tab with this text."""
+    def unavailable(self, model: str | None = None) -> EditorError | None:
+        """Why this editor cannot run here (a missing optional package or model file) as an EditorError whose
+        message is one sentence for a user (what is missing; that the operator can enable it) and whose
+        `operator` part says what to install or download where; None when it can run. Cheap: never loads a
+        model. Subclasses with optional parts override this."""
         return None
+
+    def unavailable_reason(self, model: str | None = None) -> str | None:
+        """The user's sentence of `unavailable` (what the app's tab shows), None when the editor can run."""
+        problem = self.unavailable(model)
+        return str(problem) if problem is not None else None
+
+    def check_available(self, model: str | None = None) -> None:
+        """Raise `unavailable`'s EditorError (message and operator details) when the editor cannot run here."""
+        problem = self.unavailable(model)
+        if problem is not None:
+            raise problem
 
     def validate_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         """Checked values for every declared input, defaults filled in.
@@ -312,7 +379,12 @@ class Editor(abc.ABC):
         count = check_candidates(candidates) if self.supports_candidates else 1
         report = progress or _no_progress
         with self._run_lock, oom_guard(self.oom_advice):
-            images = self._edit(frame, values, count, report, model, device, dtype)
+            try:
+                images = self._edit(frame, values, count, report, model, device, dtype)
+            except ModelLoadError as exc:
+                if isinstance(exc, EditorError):  # already worded for the user and the operator
+                    raise
+                raise model_load_failure(self.title, exc) from None
         if len(images) != count:
             raise RuntimeError(f"{self.name} returned {len(images)} images for {count} candidates")
         return [finish_image(image, frame.size) for image in images]
@@ -360,9 +432,10 @@ def check_candidates(candidates: Any) -> int:
     if (
         isinstance(candidates, bool)
         or not isinstance(candidates, (int, np.integer, float))
+        or not math.isfinite(candidates)
         or candidates != int(candidates)
     ):
-        raise EditorError(f"candidates must be a whole number, got {candidates!r}.")
+        raise EditorError(f"candidates must be a whole number, got {quoted(candidates)}.")
     count = int(candidates)
     if not 1 <= count <= MAX_CANDIDATES:
         raise EditorError(f"candidates = {count} is outside 1..{MAX_CANDIDATES}.")
@@ -414,10 +487,12 @@ __all__ = [
     "Editor",
     "EditorError",
     "EditorInput",
+    "EditorModelError",
     "MAX_CANDIDATES",
     "MODEL_CACHE",
     "ModelCache",
     "Progress",
+    "quoted",
     "check_candidates",
     "as_image",
     "as_mask",
