@@ -238,7 +238,8 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                             gr.Markdown(editor.description)
                             reason = editor.unavailable_reason()
                             if reason:  # the user's sentence on the page, the operator's details in the log
-                                logger.warning("editor %s unavailable: %s", editor.name, getattr(editor.unavailable(), "operator", ""))
+                                logger.warning("editor %s unavailable: %s", editor.name,
+                                               getattr(editor.unavailable(), "operator", ""))
                                 gr.Markdown(f"**Not available on this server:** {html.escape(reason)}",
                                             elem_id=f"{editor.name}-unavailable")
                             widgets = {spec.name: editor_widget(spec, f"{editor.name}-{spec.name}") for spec in editor.inputs}

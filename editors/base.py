@@ -451,12 +451,59 @@ def finish_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image
 
 
-def empty_target_dir(directory: str | os.PathLike) -> Path:
-    """`directory` as a Path, refusing one that exists with content (a tiny model never overwrites files)."""
-    out = Path(directory)
+def empty_target_dir(directory: str | os.PathLike, what: str = "the tiny model") -> Path:
+    """`directory` as a Path, refusing one that exists with content (a model folder never overwrites files);
+    `what` names what the folder is for in the message (a converter says "the converted AnyDoor model")."""
+    out = Path(directory).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EditorError(f"{out} already exists and is not an empty folder; give a new folder for the tiny model.")
+        raise EditorError(f"{out} already exists and is not an empty folder; give a new folder for {what}.")
     return out
+
+
+def first_sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of a library's message (its first line, up to the first '. '), whitespace collapsed;
+    at most `limit` characters, cut at a word with an ellipsis, so a quoted cause never stops mid-word."""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    sentence = " ".join(lines[0].split()) if lines else ""
+    end = sentence.find(". ")
+    if end >= 0:
+        sentence = sentence[: end + 1]
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+    return sentence.rstrip(".")
+
+
+def load_tensors_only(path: Path, what: str, advice: str) -> Any:
+    """`torch.load(path, weights_only=True)` for a converter: tensors and plain containers only, torch's own
+    warnings kept off the user's terminal, and every refusal one line that says nothing in the file ran.
+
+    `what` names the file ("the AnyDoor checkpoint"), `advice` is the sentence that says what to give instead."""
+    import pickle
+    import re
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. torch's "Detected pickle protocol 4" UserWarning
+        try:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+        except pickle.UnpicklingError as exc:
+            refused = "safe loading (torch.load with weights_only=True) refused it and nothing in it ran"
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            if found is not None:
+                raise EditorError(f"{path} holds a pickled {found.group(1)} object, not only tensors; {refused}. {advice}") from None
+            with open(path, "rb") as handle:
+                is_pickle = handle.read(1) == b"\x80"  # pickle protocol 2+ (torch.save's legacy format too)
+            if is_pickle:
+                raise EditorError(f"{path} is a plain pickle, not {what} of tensors; {refused}. {advice}") from None
+            raise EditorError(f"{path} is not a readable PyTorch checkpoint (not torch.save's format). {advice}") from None
+        except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
+            cause = first_sentence(str(exc), 160) or type(exc).__name__
+            raise EditorError(f"{path} is not a readable PyTorch checkpoint ({cause}). {advice}") from None
 
 
 def save_dir_atomically(out: Path, save: Callable[[Path], Any]) -> Path:
@@ -499,6 +546,8 @@ __all__ = [
     "VIDEO_SETTING_NAMES",
     "check_frame",
     "empty_target_dir",
+    "first_sentence",
+    "load_tensors_only",
     "save_dir_atomically",
     "finish_image",
     "model_key",
