@@ -26,7 +26,7 @@ import torch
 
 from anyv2v.errors import ModelLoadError
 
-from .base import EditorError, empty_target_dir, first_sentence, load_tensors_only, save_dir_atomically
+from .base import EditorError, empty_target_dir, quoted, first_sentence, load_tensors_only, save_dir_atomically
 
 DEFAULT_IMAGE_ENCODER = "facebook/dinov2-giant"
 DEFAULT_ENCODER_SIZE = 224  # FrozenDinoV2Encoder's input: 224 px, 16x16 patches + CLS = 257 tokens
@@ -346,7 +346,7 @@ def convert_anydoor(
 
     say = report or (lambda message: None)
     if dtype not in ("float16", "bfloat16", "float32"):
-        raise ConversionError(f"dtype {dtype!r} must be float16, bfloat16 or float32.")
+        raise ConversionError(f"dtype {quoted(dtype)} must be float16, bfloat16 or float32.")
     out = empty_target_dir(out_dir, "the converted AnyDoor model")
     config = load_original_config(original_config)
     say(f"reading {checkpoint} (weights only)")

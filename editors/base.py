@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from anyv2v.device import oom_guard, resolve_device
-from anyv2v.errors import AnyV2VError, ModelLoadError
+from anyv2v.errors import AnyV2VError, ModelLoadError, quoted
 from anyv2v.video import load_image
 
 Progress = Callable[[float, str], None]
@@ -39,20 +39,6 @@ MAX_CANDIDATES = 8
 MAX_SEED = 2**32 - 1
 MIN_FRAME_SIDE = 16
 MAX_FRAME_SIDE = 4096
-
-
-MAX_ECHO = 80  # characters of a user's own text quoted back in a message
-
-
-def quoted(value: Any, limit: int = MAX_ECHO) -> str:
-    """`value` quoted for a message (repr style) in at most about `limit` characters: longer text is cut with an
-    ellipsis, so a 100 KB string never comes back whole. Every message that echoes a user's text uses this."""
-    text = repr(value)
-    if len(text) <= limit + 2:
-        return text
-    if isinstance(value, str):  # keep the closing quote: 'abc…'
-        return text[: limit + 1] + "…" + text[0]
-    return text[:limit] + "…"
 
 
 class EditorError(AnyV2VError):
