@@ -194,7 +194,7 @@ class InstantIDEditor(Editor):
             details.append("OpenCV is not installed: `pip install opencv-python-headless` (one OpenCV, headless).")
         face_reason = analyzer_unavailable_reason()
         if face_reason:
-            missing.append("the face analysis models (InsightFace antelopev2)")
+            missing.append("the face analysis models, InsightFace antelopev2")
             details.append(face_reason)
         folder = self.instantid_folder(model)
         model_reason = check_instantid_folder(folder)
@@ -209,8 +209,8 @@ class InstantIDEditor(Editor):
             return None
         what = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
         return EditorError(
-            f"the identity editor (InstantID) is not set up on this server: {what} "
-            f"{'is' if len(missing) == 1 else 'are'} missing; the server's operator can enable it.",
+            f"the identity editor (InstantID) is not set up on this server (it lacks {what}); the server's operator "
+            "can enable it.",
             operator=" ".join(details) + " See docs/editors.md.",
         )
 

@@ -192,11 +192,15 @@ def test_instruct_pix2pix_keeps_odd_frame_sizes(ip2p_model: Path, small_frame: I
 
 def test_instruct_pix2pix_bad_model_is_one_clear_error(small_frame: Image.Image, tmp_path: Path) -> None:
     editor = get_editor("instruct_pix2pix")
-    with pytest.raises(ModelLoadError, match="does not exist"):
+    # The user's sentence names no server path; the loader's details are the operator's (log) and the CLI's.
+    with pytest.raises(ModelLoadError, match="InstructPix2Pix model cannot be loaded on this server") as caught:
         editor.edit(small_frame, {"instruction": "x", "steps": 1}, model=str(tmp_path / "missing"))
-    with pytest.raises(ModelLoadError, match="cannot load an InstructPix2Pix pipeline") as caught:
+    assert str(tmp_path) not in str(caught.value) and "does not exist" in caught.value.operator
+    assert caught.value.cli_text().startswith(f"model folder {tmp_path / 'missing'} does not exist")
+    with pytest.raises(ModelLoadError, match="operator can fix it") as caught:
         editor.edit(small_frame, {"instruction": "x", "steps": 1}, model=str(tmp_path))  # empty folder
-    assert "\n" not in str(caught.value)
+    assert "cannot load an InstructPix2Pix pipeline" in caught.value.operator
+    assert "\n" not in str(caught.value) and "\n" not in caught.value.operator
 
 
 # ---- neural style transfer -----------------------------------------------------------------------------------
