@@ -405,6 +405,7 @@ def test_unavailable_editor_is_refused_with_the_users_sentence(tmp_path, monkeyp
         ((512, 512), 1280, (1280, 1280)),
         ((640, 480), 1280, (1280, 960)),  # 4:3
         ((512, 384), 1024, (1024, 768)),
+        ((512, 400), 1280, (1280, 960)),  # 1000 rounds down to 960 (not up to 1024)
         ((2000, 100), 1280, (1280, 64)),  # never below 64
     ],
 )
