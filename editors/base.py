@@ -139,8 +139,10 @@ class EditorInput:
             raise EditorError(f"{self.label} must be a number, got {quoted(value)}.")
         try:
             number = float(value)
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError):
             raise EditorError(f"{self.label} must be a number, got {quoted(value)}.") from None
+        except OverflowError:  # an int beyond float's range
+            raise EditorError(f"{self.label} must be a finite number, got {quoted(value)}.") from None
         if not math.isfinite(number):
             raise EditorError(f"{self.label} must be a finite number, got {quoted(value)}.")
         if self.kind in ("int", "seed"):
@@ -158,7 +160,8 @@ class EditorInput:
 
 
 def _fmt(value: float | int) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 80 else text[:80] + "…"  # a user's 300-digit number is not echoed whole
 
 
 def as_image(value: Any, label: str) -> Image.Image:
@@ -261,7 +264,12 @@ def resolve_torch_device(device: str | None, dtype: str | None) -> tuple[torch.d
     except RuntimeError:
         raise EditorError(f"device {quoted(device)} is not a device name; use cpu, cuda or cuda:N.") from None
     if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise EditorError("device cuda was requested but no CUDA GPU is available; use --device cpu.")
+        raise EditorError(
+            "the editors are set to run on a CUDA GPU but this server has none; the server's operator can set them "
+            "to the CPU.",
+            operator="device cuda was requested but no CUDA GPU is available; set ANYV2V_DEVICE=cpu.",
+            cli="device cuda was requested but no CUDA GPU is available; use --device cpu.",
+        )
     return torch_device, torch_dtype
 
 
@@ -418,13 +426,13 @@ def check_candidates(candidates: Any) -> int:
     if (
         isinstance(candidates, bool)
         or not isinstance(candidates, (int, np.integer, float))
-        or not math.isfinite(candidates)
+        or (isinstance(candidates, float) and not math.isfinite(candidates))
         or candidates != int(candidates)
     ):
         raise EditorError(f"candidates must be a whole number, got {quoted(candidates)}.")
     count = int(candidates)
     if not 1 <= count <= MAX_CANDIDATES:
-        raise EditorError(f"candidates = {count} is outside 1..{MAX_CANDIDATES}.")
+        raise EditorError(f"candidates = {_fmt(count)} is outside 1..{MAX_CANDIDATES}.")
     return count
 
 

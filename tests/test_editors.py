@@ -507,6 +507,10 @@ def test_numbers_in_text_get_one_input_message_and_long_text_is_quoted_short() -
     for bad in (float("inf"), float("nan")):
         with pytest.raises(EditorError, match="candidates must be a whole number"):
             check_candidates(bad)
+    for call in (lambda: check_candidates(10**400), lambda: steps.coerce(10**400), lambda: steps.coerce(1e300)):
+        with pytest.raises(EditorError) as caught:  # not OverflowError, and not 400 digits echoed back
+            call()
+        assert len(str(caught.value)) < 200
     huge = "7x" * 50_000  # 100 KB
     frame = Image.new("RGB", (32, 32))
     for call in (lambda: steps.coerce(huge), lambda: get_editor(huge), lambda: fit_uploaded_frame(frame, frame, huge)):
