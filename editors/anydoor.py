@@ -32,7 +32,7 @@ MODEL_ENV = "ANYV2V_ANYDOOR_MODEL"
 DEFAULT_MODEL = "./models/anydoor"  # a local folder: no hub copy in this format exists
 CONVERT_HINT = (
     "convert the official AnyDoor checkpoint once with `python -m editors convert-anydoor epoch=1-step=8687.ckpt "
-    "models/anydoor` (see the README's 'Subject editor (AnyDoor)'), or point ANYV2V_ANYDOOR_MODEL / --model at a "
+    "models/anydoor` (see docs/editors.md), or point ANYV2V_ANYDOOR_MODEL / --model at a "
     "converted folder"
 )
 _REQUIRED_PACKAGES = ("cv2", "diffusers", "transformers")
@@ -133,16 +133,12 @@ class AnyDoorEditor(Editor):
         if missing:
             packages = {"cv2": "opencv-python-headless"}
             names = ", ".join(packages.get(m, m) for m in missing)
-            return EditorError(
-                UNAVAILABLE.format(what="software it needs is"),
-                operator=f"missing packages: {names} (pip install -r requirements.txt).",
-            )
+            details = f"the AnyDoor editor needs the packages {names} (pip install -r requirements.txt)."
+            return EditorError(UNAVAILABLE.format(what="software it needs is"), operator=details, cli=details)
         chosen = self.resolve_model(model)
         if looks_like_path(chosen) and not os.path.isfile(os.path.join(chosen, "model_index.json")):
-            return EditorError(
-                UNAVAILABLE.format(what="its model is"),
-                operator=f"the converted AnyDoor model folder {chosen} is missing: {CONVERT_HINT}.",
-            )
+            details = f"the converted AnyDoor model folder {chosen} is missing: {CONVERT_HINT}."
+            return EditorError(UNAVAILABLE.format(what="its model is"), operator=details, cli=details)
         # A missing rembg model is not a reason: a subject mask or an RGBA reference still works, and the edit
         # that needs rembg says what to upload instead (and logs which file to put where).
         return None

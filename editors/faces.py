@@ -60,6 +60,7 @@ def face_analysis_unavailable(detail: str) -> EditorError:
     return EditorError(
         "face analysis (InsightFace antelopev2) is not set up on this server; the server's operator can enable it.",
         operator=detail,
+        cli=detail,
     )
 
 

@@ -212,6 +212,7 @@ class InstantIDEditor(Editor):
             f"the identity editor (InstantID) is not set up on this server (it lacks {what}); the server's operator "
             "can enable it.",
             operator=" ".join(details) + " See docs/editors.md.",
+            cli=" ".join(details),
         )
 
     def load_analyzer(self, device: str | None = None, dtype: str | None = None) -> FaceAnalyzer:
