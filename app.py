@@ -240,7 +240,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
                             if reason:  # the user's sentence on the page, the operator's details in the log
                                 logger.warning("editor %s unavailable: %s", editor.name,
                                                getattr(editor.unavailable(), "operator", ""))
-                                gr.Markdown(f"**Not available on this server:** {html.escape(reason)}",
+                                gr.Markdown(f"**Not available:** {html.escape(reason)}",
                                             elem_id=f"{editor.name}-unavailable")
                             widgets = {spec.name: editor_widget(spec, f"{editor.name}-{spec.name}") for spec in editor.inputs}
                             mask_widgets += [w for s, w in zip(editor.inputs, widgets.values()) if s.kind == "mask"]
