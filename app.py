@@ -128,6 +128,8 @@ def editor_widget(
             label=label, type="pil", image_mode="RGBA", sources=["upload", "clipboard"], height=320,
             brush=gr.Brush(colors=["#ff3366"], color_mode="fixed"), eraser=gr.Eraser(), elem_id=elem_id, **extra,
         )
+    if spec.kind == "choice":
+        return gr.Radio(list(spec.choices), value=value, label=label, info=info, elem_id=elem_id, **extra)
     if spec.kind == "seed":
         return gr.Number(label=label, value=value, precision=0, minimum=0, info=info, elem_id=elem_id, **extra)
     integer = spec.kind == "int"
@@ -361,8 +363,9 @@ def editor_tab(editor: Editor, mask_widgets: list[gr.ImageEditor]) -> tuple:
     """One editor's tab content: its description, its inputs' widgets, the candidates slider and the button."""
     gr.Markdown(editor.description)
     reason = editor.unavailable_reason()
-    if reason:
-        gr.Markdown(f"**Not available on this server:** {html.escape(reason)}", elem_id=f"{editor.name}-unavailable")
+    if reason:  # the user's sentence on the page, the operator's details in the log
+        logger.warning("editor %s unavailable: %s", editor.name, getattr(editor.unavailable(), "operator", ""))
+        gr.Markdown(f"**Not available:** {html.escape(reason)}", elem_id=f"{editor.name}-unavailable")
     widgets = {spec.name: editor_widget(spec, f"{editor.name}-{spec.name}") for spec in editor.inputs}
     mask_widgets += [w for s, w in zip(editor.inputs, widgets.values()) if s.kind == "mask"]
     count = None

@@ -12,7 +12,7 @@ import warnings
 from typing import Any
 
 from .config import PRESETS, EditConfig, preset_config
-from .errors import OOM_ADVICE, AnyV2VError, ConfigError
+from .errors import OOM_ADVICE, AnyV2VError, ConfigError, quoted
 
 # CLI flag -> EditConfig field, for flags that override a config file or preset.
 _OVERRIDES = (
@@ -26,7 +26,7 @@ def _size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 512x512, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"size must look like 512x512, got {quoted(text)}") from None
     return width, height
 
 
@@ -223,9 +223,9 @@ def _frame_counts(text: str) -> list[int]:
     try:
         counts = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--frames-sweep must be frame counts separated by commas (e.g. 16,32,64), got {text!r}.") from None
+        raise ConfigError(f"--frames-sweep must be frame counts separated by commas (e.g. 16,32,64), got {quoted(text)}.") from None
     if not counts or any(not 2 <= n <= 512 for n in counts):
-        raise ConfigError(f"--frames-sweep frame counts must be between 2 and 512, got {text!r}.")
+        raise ConfigError(f"--frames-sweep frame counts must be between 2 and 512, got {quoted(text)}.")
     return counts
 
 

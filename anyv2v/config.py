@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, quoted
 
 DEFAULT_MODEL = "ali-vilab/i2vgen-xl"
 DEFAULT_NEGATIVE_PROMPT = (
@@ -56,13 +56,13 @@ def check_types(config: Any) -> None:
         words = _TYPE_WORDS[kind] + (" (or empty)" if optional else "")
         if kind in ("int", "float"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{spec.name} must be {words}, got {value!r} ({type(value).__name__}).")
+                raise ConfigError(f"{spec.name} must be {words}, got {quoted(value)} ({type(value).__name__}).")
             if not math.isfinite(value):
-                raise ConfigError(f"{spec.name}={value} is not a finite number; give {words}.")
+                raise ConfigError(f"{spec.name}={quoted(value)} is not a finite number; give {words}.")
             if kind == "int" and not float(value).is_integer():
-                raise ConfigError(f"{spec.name}={value} must be a whole number.")
+                raise ConfigError(f"{spec.name}={quoted(value)} must be a whole number.")
         elif not isinstance(value, str if kind == "str" else bool):
-            raise ConfigError(f"{spec.name} must be {words}, got {value!r} ({type(value).__name__}).")
+            raise ConfigError(f"{spec.name} must be {words}, got {quoted(value)} ({type(value).__name__}).")
 
 
 def _number_text(value: float) -> str:
@@ -136,26 +136,26 @@ class EditConfig:
             )
         _in_range("inversion_steps", self.inversion_steps, 1, MAX_STEPS)
         if self.resize_mode not in RESIZE_MODES:
-            raise ConfigError(f"resize_mode={self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}.")
+            raise ConfigError(f"resize_mode={quoted(self.resize_mode)} is not one of {', '.join(RESIZE_MODES)}.")
         for name in ("width", "height"):
             value = getattr(self, name)
             if value < 32 or value % 8:
                 raise ConfigError(
-                    f"{name}={value} must be a multiple of 8 and at least 32 (multiples of 64 such as 512 work best)."
+                    f"{name}={quoted(value)} must be a multiple of 8 and at least 32 (multiples of 64 such as 512 work best)."
                 )
             if value > 2048:
-                raise ConfigError(f"{name}={value} is larger than 2048; use 512 (the model's training size).")
+                raise ConfigError(f"{name}={quoted(value)} is larger than 2048; use 512 (the model's training size).")
         if self.frames != 0 and not 2 <= self.frames <= 512:
-            raise ConfigError(f"frames={self.frames} must be between 2 and 512 (or 0 for the whole clip).")
+            raise ConfigError(f"frames={quoted(self.frames)} must be between 2 and 512 (or 0 for the whole clip).")
         if not 1 <= self.fps <= 60:
-            raise ConfigError(f"fps={self.fps} must be between 1 and 60.")
+            raise ConfigError(f"fps={quoted(self.fps)} must be between 1 and 60.")
         _in_range("start_time", self.start_time, 0.0, MAX_START_SECONDS, unit=" s")
         _in_range("guidance", self.guidance, 0.0, MAX_GUIDANCE)
         _in_range("seed", self.seed, 0, MAX_SEED)
         if self.dtype not in (None, "float16", "bfloat16", "float32"):
-            raise ConfigError(f"dtype={self.dtype!r} must be float16, bfloat16 or float32.")
+            raise ConfigError(f"dtype={quoted(self.dtype)} must be float16, bfloat16 or float32.")
         if self.device is not None and not DEVICE_PATTERN.fullmatch(self.device):
-            raise ConfigError(f"device={self.device!r} is not a device this engine runs on; use cpu, cuda or cuda:N.")
+            raise ConfigError(f"device={quoted(self.device)} is not a device this engine runs on; use cpu, cuda or cuda:N.")
         _in_range("cache_max_gb", self.cache_max_gb, 0.0, MAX_CACHE_GB)
         _in_range("decode_chunk_size", self.decode_chunk_size, 1, 512)
         if not self.model.strip():
@@ -163,7 +163,7 @@ class EditConfig:
         if not self.cache_dir.strip():
             raise ConfigError("cache_dir is empty; give a folder for the inversion cache.")
         if self.memory not in MEMORY_MODES:
-            raise ConfigError(f"memory={self.memory!r} is not one of {', '.join(MEMORY_MODES)}.")
+            raise ConfigError(f"memory={quoted(self.memory)} is not one of {', '.join(MEMORY_MODES)}.")
         return self
 
     def replace(self, **changes: Any) -> "EditConfig":
@@ -201,12 +201,12 @@ class EditConfig:
             raise ConfigError(f"config file {path} must hold a mapping of setting: value.")
         preset = data.pop("preset", None)
         if preset is not None and not isinstance(preset, str):
-            raise ConfigError(f"config file {path}: preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
+            raise ConfigError(f"config file {path}: preset must be one of {', '.join(PRESETS)}, got {quoted(preset)}.")
         if base is None:
             base = preset_config(preset) if preset else cls()
         bad_keys = [key for key in data if not isinstance(key, str)]
         if bad_keys:
-            raise ConfigError(f"config file {path}: setting names must be text, got {bad_keys[0]!r}.")
+            raise ConfigError(f"config file {path}: setting names must be text, got {quoted(bad_keys[0])}.")
         try:
             return cls.from_dict({**base.to_dict(), **data})  # rejects unknown keys and wrong types
         except ConfigError as exc:
@@ -223,5 +223,5 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset_config(name: str) -> EditConfig:
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+        raise ConfigError(f"unknown preset {quoted(name)}; choose one of {', '.join(PRESETS)}.")
     return EditConfig(**PRESETS[name])

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import ConfigError, OutOfMemoryError
+from .errors import ConfigError, OutOfMemoryError, quoted
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -22,7 +22,7 @@ def resolve_device(device: str | None = None, dtype: str | None = None) -> tuple
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"device {device!r} is not a device name; use cpu, cuda or cuda:N.") from None
+        raise ConfigError(f"device {quoted(device)} is not a device name; use cpu, cuda or cuda:N.") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
@@ -38,13 +38,13 @@ def resolve_device(device: str | None = None, dtype: str | None = None) -> tuple
         if not torch.backends.mps.is_available():
             raise ConfigError("device mps was requested but Apple's MPS is not available here; use --device cpu.")
     elif dev.type != "cpu":
-        raise ConfigError(f"device {device!r} is not supported; use cpu, cuda or cuda:N.")
+        raise ConfigError(f"device {quoted(device)} is not supported; use cpu, cuda or cuda:N.")
     if dtype is None:
         torch_dtype = torch.float16 if dev.type == "cuda" else torch.float32
     elif dtype in _DTYPES:
         torch_dtype = _DTYPES[dtype]
     else:
-        raise ConfigError(f"dtype {dtype!r} must be float16, bfloat16 or float32.")
+        raise ConfigError(f"dtype {quoted(dtype)} must be float16, bfloat16 or float32.")
     return dev, torch_dtype
 
 

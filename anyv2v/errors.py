@@ -1,5 +1,20 @@
 """User-facing errors: one clear line that says what went wrong and what to do."""
 
+from typing import Any
+
+MAX_ECHO = 80  # characters of a user's own text quoted back in a message
+
+
+def quoted(value: Any, limit: int = MAX_ECHO) -> str:
+    """`value` quoted for a message (repr style) in at most about `limit` characters: longer text is cut with an
+    ellipsis, so a 100 KB string never comes back whole. Every message that echoes a user's text uses this."""
+    text = repr(value)
+    if len(text) <= limit + 2:
+        return text
+    if isinstance(value, str):  # keep the closing quote: 'abc…'
+        return text[: limit + 1] + "…" + text[0]
+    return text[:limit] + "…"
+
 
 class AnyV2VError(Exception):
     """An error caused by the user's input or environment, shown as one line without a traceback."""

@@ -11,7 +11,7 @@ import importlib
 import logging
 import pkgutil
 
-from .base import Editor, EditorError, EditorInput, ModelCache
+from .base import Editor, EditorError, EditorInput, ModelCache, quoted
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def get_editor(name: str) -> Editor:
     key = (name or "").strip().lower().replace("-", "_")
     if key in editors:
         return editors[key]
-    raise EditorError(f"unknown editor {name!r}; choose one of: {', '.join(editors)}.")
+    raise EditorError(f"unknown editor {quoted(name)}; choose one of: {', '.join(editors)}.")
 
 
 __all__ = ["Editor", "EditorError", "EditorInput", "ModelCache", "available_editors", "get_editor"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -56,6 +57,8 @@ def _describe(spec: EditorInput) -> str:
         parts = [f"default {spec.default!r}" if spec.default is not None else "optional"]
     if spec.describe_range():
         parts.append(f"range {spec.describe_range()}")
+    if spec.choices:
+        parts.append(f"one of {', '.join(spec.choices)}")
     return ", ".join(parts)
 
 
@@ -91,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     inputs = run.add_argument_group("editor inputs (each editor uses its own; see `list`)")
     for name, users in _input_specs().items():
         kinds = {spec.kind for _, spec in users}
-        metavar = "PATH" if kinds <= {"image", "mask"} else "TEXT" if kinds == {"text"} else "N"
+        choices = sorted({choice for _, spec in users for choice in spec.choices})
+        metavar = (
+            "PATH" if kinds <= {"image", "mask"} else "TEXT" if kinds == {"text"}
+            else "{" + ",".join(choices) + "}" if kinds == {"choice"} else "N"
+        )
         used_by = "; ".join(f"{editor.name}: {_describe(spec)}" for editor, spec in users)
         # Values stay strings here: each editor's input checks and converts them, with its own message.
         inputs.add_argument(flag_for(name), dest=f"input_{name}", metavar=metavar, default=None, help=used_by)
@@ -245,6 +252,23 @@ def cmd_convert_anydoor(args: argparse.Namespace) -> int:
     return 0
 
 
+# A value that starts like a negative number: "-10,-10,20,20", "-5", "-.5", "-inf".
+_NEGATIVE_VALUE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """`--box -10,-10,20,20` as `--box=-10,-10,20,20`: argparse would take a value starting with '-' (other than a
+    plain number) for an option and fail; for the editor inputs, which all take a value, it is the value."""
+    flags = {flag_for(name) for name in _input_specs()}
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in flags and _NEGATIVE_VALUE.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def _wants_progress(args: argparse.Namespace) -> bool:
     return args.progress if args.progress is not None else sys.stderr.isatty()
 
@@ -272,12 +296,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Quiet the model libraries' info logs on the command line (a user's own setting wins).
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(join_negative_values(argv))  # usage errors: argparse prints them, exit 2
     if args.command == "run" and not _wants_progress(args):
         # Also no weight-loading bars (model libraries read this when they are first imported, below).
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return int(args.func(args))
+    except EditorError as exc:  # the command line's own wording, with the operator's details (paths, installs)
+        print(f"error: {' '.join(exc.cli_text().split())}", file=sys.stderr)
     except AnyV2VError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
     except MemoryError:

@@ -5,7 +5,9 @@ the official one (`editors.anydoor_pipeline`), loaded from a folder written once
 `python -m editors convert-anydoor CKPT OUT_DIR` from the official checkpoint (default folder `models/anydoor`,
 or `ANYV2V_ANYDOOR_MODEL`, or `--model`). The subject's mask comes from, in order: an uploaded subject mask, the
 reference's transparency (an RGBA cut-out), or rembg with a local model file (`editors.masks`). The target region
-is painted on the frame in the app, or given as `--mask M.png` / `--box x0,y0,x1,y1` in frame pixels.
+is painted on the frame in the app, or given as `--mask M.png` / `--box x0,y0,x1,y1` in frame pixels. Region mode
+"box" (default, as the official demo) marks the region's bounding box for the model; "shape" (the demo's shape
+control) marks the painted shape itself.
 Reference settings (`run_inference.py`): DDIM 50 steps, guidance 5.
 """
 
@@ -23,17 +25,19 @@ from anyv2v.backbone import looks_like_path
 from anyv2v.errors import ModelLoadError
 
 from .base import Editor, EditorError, EditorInput, Progress, as_mask, missing_model_message, resolve_torch_device
-from .masks import SubjectMasker, missing_rembg_reason
+from .masks import SubjectMasker
 
 ORDER = 25  # after the other generative editors, before the manual upload
 MODEL_ENV = "ANYV2V_ANYDOOR_MODEL"
 DEFAULT_MODEL = "./models/anydoor"  # a local folder: no hub copy in this format exists
 CONVERT_HINT = (
     "convert the official AnyDoor checkpoint once with `python -m editors convert-anydoor epoch=1-step=8687.ckpt "
-    "models/anydoor` (see the README's 'Subject editor (AnyDoor)'), or point ANYV2V_ANYDOOR_MODEL / --model at a "
+    "models/anydoor` (see docs/editors.md), or point ANYV2V_ANYDOOR_MODEL / --model at a "
     "converted folder"
 )
 _REQUIRED_PACKAGES = ("cv2", "diffusers", "transformers")
+REGION_MODES = ("box", "shape")
+UNAVAILABLE = "the subject editor (AnyDoor) is not set up on this server: {what} missing; the server's operator can enable it."
 
 
 def _has_alpha(image: Image.Image) -> bool:
@@ -48,9 +52,11 @@ def fit_region(mask: Image.Image, frame_size: tuple[int, int], label: str) -> np
         return np.asarray(mask) > 127
     width, height = frame_size
     if abs(mask.size[0] / mask.size[1] - width / height) > 0.02 * width / height:
+        sizes = f"{label} is {mask.size[0]}x{mask.size[1]} but the frame is {width}x{height}"
         raise EditorError(
-            f"{label} is {mask.size[0]}x{mask.size[1]} but the frame is {width}x{height}; paint the region on the "
-            "prepared first frame (`python -m editors export-frame` writes it) or give a mask of the same shape."
+            f"{sizes}; paint the region on the first frame, or give a mask image of the same shape as the frame.",
+            cli=f"{sizes}; draw the mask on the prepared first frame (`python -m editors export-frame` writes it) or "
+            "give a mask of the same shape.",
         )
     return np.asarray(mask.resize(frame_size, Image.Resampling.NEAREST)) > 127
 
@@ -87,6 +93,16 @@ class AnyDoorEditor(Editor):
             help="Instead of painting: x0,y0,x1,y1 in pixels of the prepared first frame.",
         ),
         EditorInput(
+            "region_mode",
+            "choice",
+            "Region mode",
+            default="box",
+            choices=REGION_MODES,
+            help="box (default, as the official demo): the subject fills the region's bounding box in its own pose "
+            "and proportions; best for a rough region or a box. shape (the demo's 'shape control'): the subject "
+            "follows the painted outline; use it when you paint the silhouette and pose the subject should take.",
+        ),
+        EditorInput(
             "steps", "int", "Steps", default=50, minimum=1, maximum=200, step=1, help="DDIM steps (reference: 50)."
         ),
         EditorInput(
@@ -112,17 +128,19 @@ class AnyDoorEditor(Editor):
         super().__init__()
         self._masker = SubjectMasker()
 
-    def unavailable_reason(self, model: str | None = None) -> str | None:
+    def unavailable(self, model: str | None = None) -> EditorError | None:
         missing = [name for name in _REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
         if missing:
             packages = {"cv2": "opencv-python-headless"}
             names = ", ".join(packages.get(m, m) for m in missing)
-            return f"missing packages: {names} (pip install -r requirements.txt)."
+            details = f"the AnyDoor editor needs the packages {names} (pip install -r requirements.txt)."
+            return EditorError(UNAVAILABLE.format(what="software it needs is"), operator=details, cli=details)
         chosen = self.resolve_model(model)
         if looks_like_path(chosen) and not os.path.isfile(os.path.join(chosen, "model_index.json")):
-            return f"the converted AnyDoor model folder {chosen} is missing: {CONVERT_HINT}."
+            details = f"the converted AnyDoor model folder {chosen} is missing: {CONVERT_HINT}."
+            return EditorError(UNAVAILABLE.format(what="its model is"), operator=details, cli=details)
         # A missing rembg model is not a reason: a subject mask or an RGBA reference still works, and the edit
-        # that needs rembg says which file to put where.
+        # that needs rembg says what to upload instead (and logs which file to put where).
         return None
 
     # ---- inputs ---------------------------------------------------------------------------------------
@@ -139,8 +157,10 @@ class AnyDoorEditor(Editor):
             region = fit_region(mask, frame.size, self.input("mask").label)
         else:
             raise EditorError(
-                "Target region is required: paint where the subject goes on the frame, or give --box x0,y0,x1,y1 "
-                "(pixels of the prepared first frame)."
+                "Target region is required: paint where the subject goes on the frame, or give a box x0,y0,x1,y1 "
+                "(pixels of the prepared first frame).",
+                cli="Target region is required: give --mask M.png (white where the subject goes) or --box "
+                "x0,y0,x1,y1 (pixels of the prepared first frame).",
             )
         target_region(region)  # refuse empty, tiny and whole-frame regions before any model work
         return region
@@ -193,15 +213,17 @@ class AnyDoorEditor(Editor):
         from .anydoor_preprocess import paste_back, prepare_pair
 
         model_id = self.resolve_model(model)
-        if looks_like_path(model_id) and not os.path.isdir(model_id):
-            raise ModelLoadError(f"the converted AnyDoor model folder {model_id} does not exist: {CONVERT_HINT}.")
+        self.check_available(model_id)  # before any work: the packages and the converted folder
         region = self.target_region(frame, values)
         reference, reference_mask = self.reference_and_mask(values, progress)
 
         progress(0.0, f"loading AnyDoor from {model_id}")
         torch_device, torch_dtype = resolve_torch_device(device, dtype)
         pipe = self.load_model(model_id, device, dtype, lambda: load_pipeline(model_id, torch_device, torch_dtype))
-        pair = prepare_pair(frame, region, reference, reference_mask, pipe.crop_size, pipe.encoder_size)
+        pair = prepare_pair(
+            frame, region, reference, reference_mask, pipe.crop_size, pipe.encoder_size,
+            shape_control=values["region_mode"] == "shape",
+        )
 
         steps = values["steps"]
         hint = torch.from_numpy(pair.hint).permute(2, 0, 1)[None].expand(candidates, -1, -1, -1)

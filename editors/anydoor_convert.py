@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import pickle
-import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ import torch
 
 from anyv2v.errors import ModelLoadError
 
-from .base import EditorError, empty_target_dir, save_dir_atomically
+from .base import EditorError, empty_target_dir, quoted, first_sentence, load_tensors_only, save_dir_atomically
 
 DEFAULT_IMAGE_ENCODER = "facebook/dinov2-giant"
 DEFAULT_ENCODER_SIZE = 224  # FrozenDinoV2Encoder's input: 224 px, 16x16 patches + CLS = 257 tokens
@@ -92,6 +90,7 @@ _REQUIRED_PREFIXES = {
     "cond_stage_model.projector.": "the DINOv2 projector (cond_stage_model.projector.*)",
 }
 
+_GIVE_OFFICIAL = "Give the official AnyDoor checkpoint epoch=1-step=8687.ckpt (see docs/editors.md)."
 _TRUSTED_RESAVE = (
     "python -c \"import torch; c = torch.load('CKPT', map_location='cpu', weights_only=False); "
     "torch.save({'state_dict': c['state_dict']}, 'anydoor-weights.pt')\""
@@ -105,11 +104,16 @@ class ConversionError(EditorError):
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The model state dict of a checkpoint (safetensors, or a torch file read with weights_only=True) and the
     names of the top-level entries that were dropped (optimizer state, training metadata)."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConversionError(
+            f"checkpoint {path} is a folder; give the checkpoint file itself (epoch=1-step=8687.ckpt, or a "
+            "weights-only copy or .safetensors)."
+        )
     if not path.is_file():
         raise ConversionError(
             f"checkpoint {path} does not exist; download epoch=1-step=8687.ckpt from the Hugging Face Space "
-            "xichenhku/AnyDoor (see the README's 'Subject editor (AnyDoor)')."
+            "xichenhku/AnyDoor (see docs/editors.md)."
         )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -117,7 +121,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], l
         try:
             return dict(load_file(str(path))), []
         except Exception as exc:  # safetensors raises its own error type for damaged files
-            raise ConversionError(f"{path} is not a readable safetensors file ({exc}).") from None
+            raise ConversionError(
+                f"{path} is not a readable safetensors file ({first_sentence(str(exc), 160)}). {_GIVE_OFFICIAL}"
+            ) from None
     loaded = _torch_load(path)
     dropped: list[str] = []
     state: Any = loaded
@@ -137,27 +143,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], l
 
 def _torch_load(path: Path) -> Any:
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found is None:  # not a pickle of allowed types at all: a damaged or foreign file
-            detail = re.search(r"WeightsUnpickler error: ([^\n]*\n?[^\n]*)", str(exc))
-            reason = " ".join(detail.group(1).split()) if detail else "not a torch.save file"
-            raise ConversionError(f"{path} is not a readable PyTorch checkpoint ({reason}).") from None
-        raise ConversionError(
-            f"{path} holds a pickled {found.group(1)} object besides tensors, which safe loading (torch.load with "
-            "weights_only=True) refuses to run. Use a weights-only copy of the checkpoint, or, on a machine where you "
-            f"trust this file, re-save just its weights with {_TRUSTED_RESAVE.replace('CKPT', str(path))} and "
-            "convert anydoor-weights.pt."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConversionError(f"{path} is not a readable PyTorch checkpoint ({first}).") from None
+        return load_tensors_only(path, "an AnyDoor checkpoint", _GIVE_OFFICIAL)
+    except EditorError as exc:
+        text = str(exc)
+        if " holds a pickled " in text:  # a real checkpoint with training objects: how to keep just its weights
+            text = text.replace(_GIVE_OFFICIAL, "") + (
+                f"Use a weights-only copy, or, where you trust this file, re-save its weights with "
+                f"{_TRUSTED_RESAVE.replace('CKPT', str(path))} and convert anydoor-weights.pt."
+            )
+        raise ConversionError(text) from None
 
 
 def load_original_config(path: str | os.PathLike | None) -> dict[str, Any]:
@@ -352,8 +346,8 @@ def convert_anydoor(
 
     say = report or (lambda message: None)
     if dtype not in ("float16", "bfloat16", "float32"):
-        raise ConversionError(f"dtype {dtype!r} must be float16, bfloat16 or float32.")
-    out = empty_target_dir(out_dir)
+        raise ConversionError(f"dtype {quoted(dtype)} must be float16, bfloat16 or float32.")
+    out = empty_target_dir(out_dir, "the converted AnyDoor model")
     config = load_original_config(original_config)
     say(f"reading {checkpoint} (weights only)")
     state, dropped = read_checkpoint(checkpoint)

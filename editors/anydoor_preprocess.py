@@ -6,10 +6,11 @@ the helpers in `datasets/data_utils.py`, the training collage in `datasets/base.
 - Reference: the subject is cut out with its mask onto white, cropped to its box, padded by 1.2x and to a square
   (white), and resized to the encoder size (224): DINOv2's input. Its Sobel high-frequency map (the subject's
   edges, colour-weighted, on an eroded mask) is what the collage shows of the subject.
-- Target: the region's box is grown 1.1x; the crop around it is grown 2x (the official script draws 1.5-2.9 at
-  random; a fixed value keeps a seed reproducible) and squared. The collage is the crop with the region's box
-  replaced by the Sobel map; the mask channel is 1 on the region (its painted shape; for a box, the grown box),
-  0 elsewhere in the crop and -1 on the square padding, as in training. Everything is resized to the crop size
+- Target: the region's box is grown 1.1x; the crop around it is grown 2x (the official scripts draw 1.3-2.9 or
+  1.5-2.9 at random; a fixed value keeps a seed reproducible; see docs/editors.md) and squared. The collage is the crop with the region's box
+  replaced by the Sobel map; the mask channel is 1 on the region's grown box (the official default; with shape
+  control, the demo's option, on the painted shape itself), 0 elsewhere in the crop and -1 on the square padding,
+  as in training. Everything is resized to the crop size
   (512).
 - Output: the generated crop is resized back, unpadded, and only the region's box is pasted into the frame, so
   every pixel outside that box is the source frame's own (the official script pastes the whole crop).
@@ -17,17 +18,18 @@ the helpers in `datasets/data_utils.py`, the training collage in `datasets/base.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from .base import EditorError
+from .base import EditorError, quoted
 
 REFERENCE_EXPAND = 1.2  # run_inference.py: the subject's box padded by 1.2x before squaring
 REGION_EXPAND = 1.1  # the target region's box grown 1.1x (training and run_inference.py)
-CROP_EXPAND = 2.0  # the crop around the region (run_inference.py draws 1.5-2.9)
+CROP_EXPAND = 2.0  # the crop around the region (run_inference.py draws 1.5-2.9, run_gradio_demo.py 1.3-2.9)
 MAX_REGION_FRACTION = 0.9  # a region this wide and tall leaves no context around it
 MIN_REGION_SIDE = 8  # pixels of the frame
 MIN_SUBJECT_SIDE = 8  # pixels of the reference
@@ -54,20 +56,27 @@ class AnyDoorPair:
 
 
 def box_from_text(text: str, frame_size: tuple[int, int]) -> Box:
-    """'x0,y0,x1,y1' in frame pixels (x1, y1 exclusive) as a checked (y0, y1, x0, x1) box."""
+    """'x0,y0,x1,y1' in frame pixels (x1, y1 exclusive) as a checked (y0, y1, x0, x1) box.
+
+    Commas and/or spaces separate the numbers. Anything that is not four finite numbers (text, NaN, inf, 1e999)
+    gets one message; the user's text is quoted at most `quoted`'s length."""
     width, height = frame_size
-    parts = [part.strip() for part in str(text).replace(" ", ",").split(",") if part.strip()]
+    shown = quoted(str(text))
+    parts = [part for part in str(text).replace(",", " ").split() if part]
     try:
-        x0, y0, x1, y1 = (int(round(float(part))) for part in parts)
+        numbers = [float(part) for part in parts]
     except ValueError:
+        numbers = []
+    if len(numbers) != 4 or not all(math.isfinite(number) for number in numbers):
         raise EditorError(
-            f"box {text!r} must be four numbers x0,y0,x1,y1 in frame pixels, e.g. 100,120,300,400."
-        ) from None
+            f"box {shown} must be four finite numbers x0,y0,x1,y1 in frame pixels, e.g. 100,120,300,400."
+        )
+    x0, y0, x1, y1 = (int(round(number)) for number in numbers)
     if x1 <= x0 or y1 <= y0:
-        raise EditorError(f"box {text!r} is empty: x1 must be greater than x0 and y1 greater than y0.")
+        raise EditorError(f"box {shown} is empty: x1 must be greater than x0 and y1 greater than y0.")
     if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
         raise EditorError(
-            f"box {text!r} reaches outside the {width}x{height} frame; give x0,y0,x1,y1 within 0..{width} and "
+            f"box {shown} reaches outside the {width}x{height} frame; give x0,y0,x1,y1 within 0..{width} and "
             f"0..{height} (the prepared first frame's pixels)."
         )
     return (y0, y1, x0, x1)
@@ -129,7 +138,10 @@ def target_region(mask: np.ndarray) -> Box:
     height, width = mask.shape
     box = mask_box(mask)
     if box is None:
-        raise EditorError("the target region is empty: paint where the subject goes, or give --box x0,y0,x1,y1.")
+        raise EditorError(
+            "the target region is empty: paint where the subject goes on the frame, or give a box x0,y0,x1,y1.",
+            cli="the target region is empty: give --mask M.png (white where the subject goes) or --box x0,y0,x1,y1.",
+        )
     y0, y1, x0, x1 = box
     if y1 - y0 < MIN_REGION_SIDE or x1 - x0 < MIN_REGION_SIDE:
         raise EditorError(
@@ -172,8 +184,10 @@ def subject_box(mask: np.ndarray, where: str) -> Box:
     box = mask_box(mask)
     if box is None:
         raise EditorError(
-            f"no subject found in the reference ({where} is empty); give a subject mask (--reference-mask) or an "
-            "RGBA reference whose transparency cuts the subject out."
+            f"no subject found in the subject photo ({where} is empty); upload a subject mask or an RGBA cut-out "
+            "whose transparency cuts the subject out.",
+            cli=f"no subject found in the reference ({where} is empty); give a subject mask (--reference-mask) or an "
+            "RGBA reference whose transparency cuts the subject out.",
         )
     y0, y1, x0, x1 = box
     if y1 - y0 < MIN_SUBJECT_SIDE or x1 - x0 < MIN_SUBJECT_SIDE:
@@ -224,8 +238,12 @@ def prepare_pair(
     reference_mask: np.ndarray,
     crop_size: int,
     encoder_size: int,
+    shape_control: bool = False,
 ) -> AnyDoorPair:
-    """The model inputs for putting the masked subject of `reference` into `region` (bool HxW) of `frame`."""
+    """The model inputs for putting the masked subject of `reference` into `region` (bool HxW) of `frame`.
+
+    `shape_control` False (default, as in the official demo): the mask channel is the region's (grown) bounding
+    box; True (the demo's "Enable Shape Control"): it is the painted region's own shape."""
     target = np.asarray(frame.convert("RGB"))
     height, width = target.shape[:2]
     if region.shape != (height, width):
@@ -243,11 +261,13 @@ def prepare_pair(
     crop = target[cy0:cy1, cx0:cx1]
     collage = crop.copy()
     collage[ry0:ry1, rx0:rx1] = cv2.resize(edges, (rx1 - rx0, ry1 - ry0))
-    shape = region
-    y0, y1, x0, x1 = mask_box(region)
-    if region[y0:y1, x0:x1].all():
-        # A box (given or painted): both official scripts mark the same box the collage fills, the grown one
-        # (run_inference.py's collage_mask; run_gradio_demo.py's mask of a box grown 1.0x), never a smaller one.
+    if shape_control:
+        # run_gradio_demo.py with "Enable Shape Control": the channel is the painted region itself, so the subject
+        # takes its outline and pose.
+        shape = region
+    else:
+        # The default of both official scripts: the channel marks the box the collage fills (the region's box grown
+        # 1.1x), and the model places the subject in it in its own pose and proportions.
         shape = box_mask(region_box, (width, height))
     mask_channel = shape[cy0:cy1, cx0:cx1].astype(np.float32)
 

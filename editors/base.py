@@ -25,14 +25,14 @@ import torch
 from PIL import Image
 
 from anyv2v.device import oom_guard, resolve_device
-from anyv2v.errors import AnyV2VError
+from anyv2v.errors import AnyV2VError, ModelLoadError, quoted
 from anyv2v.video import load_image
 
 Progress = Callable[[float, str], None]
 
 # "mask": a region of the frame being edited (painted in the app, a mask image file from the CLI and the API);
-# it reaches `_edit` as a mode "L" image with values 0 or 255 (see `as_mask`).
-INPUT_KINDS = ("text", "image", "mask", "int", "float", "seed")
+# it reaches `_edit` as a mode "L" image with values 0 or 255 (see `as_mask`). "choice": one of `choices`.
+INPUT_KINDS = ("text", "image", "mask", "int", "float", "seed", "choice")
 # Video settings an editor may suggest for the propagation step (`Editor.video_settings`).
 VIDEO_SETTING_NAMES = ("tau_conv", "tau_sa", "tau_ta", "start_index")
 MAX_CANDIDATES = 8
@@ -42,7 +42,39 @@ MAX_FRAME_SIDE = 4096
 
 
 class EditorError(AnyV2VError):
-    """An editor's input or setting cannot be used; the message says what to change."""
+    """An editor's input or setting cannot be used; the message says what to change.
+
+    `str(exc)` is the message for whoever uses the editor (a web visitor included): no server paths, no commands.
+    `operator` holds what only the server's operator can act on (paths, pip commands, downloads); the CLI prints
+    it after the message (its user is the operator), the app writes it to the server log only. `cli`, when given,
+    is the message in command-line terms (e.g. `--box` where the page says "a box").
+    """
+
+    def __init__(self, message: str, operator: str = "", cli: str = "") -> None:
+        super().__init__(message)
+        self.operator = operator.strip()
+        self.cli = cli.strip()  # the message in command-line terms (flags), where it differs
+
+    def cli_text(self) -> str:
+        """What a command line prints: `cli` when given (complete on its own), else the message and the operator's
+        details."""
+        return self.cli or f"{self} {self.operator}".strip()
+
+
+class EditorModelError(EditorError, ModelLoadError):
+    """An editor's model cannot be loaded on this server: a sentence for the user, the loader's details (paths,
+    what to download) for the operator and the command line."""
+
+
+def model_load_failure(title: str, exc: ModelLoadError) -> EditorModelError:
+    """`exc` (a loader's ModelLoadError, paths and all) as the user's sentence plus the operator's details."""
+    detail = " ".join(str(exc).split())
+    return EditorModelError(
+        f"the {title} model cannot be loaded on this server; the server's operator can fix it (the details are in "
+        "the server log).",
+        operator=detail,
+        cli=detail,
+    )
 
 
 @dataclass
@@ -50,7 +82,7 @@ class EditorInput:
     """One input an editor needs: the app turns it into a widget, the CLI into a flag."""
 
     name: str
-    kind: str  # "text" | "image" | "mask" | "int" | "float" | "seed"
+    kind: str  # "text" | "image" | "mask" | "int" | "float" | "seed" | "choice"
     label: str
     default: Any = None
     minimum: float | None = None
@@ -58,10 +90,13 @@ class EditorInput:
     step: float | None = None
     required: bool = False
     help: str = ""
+    choices: tuple[str, ...] = ()  # kind "choice": the allowed values (lower case)
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
             raise ValueError(f"input {self.name}: kind {self.kind!r} is not one of {INPUT_KINDS}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"input {self.name}: choices go with kind 'choice' and only with it")
 
     def describe_range(self) -> str:
         """'1..500' style range text for help and errors ('' when unbounded)."""
@@ -85,6 +120,11 @@ class EditorInput:
             if self.required and not text:
                 raise EditorError(f"{self.label} is empty. {self.help}".strip())
             return text
+        if self.kind == "choice":
+            choice = str(value).strip().lower()
+            if choice not in self.choices:
+                raise EditorError(f"{self.label} {quoted(str(value))} is not one of: {', '.join(self.choices)}.")
+            return choice
         if self.kind == "image":
             return as_image(value, self.label)
         if self.kind == "mask":
@@ -96,16 +136,18 @@ class EditorInput:
 
     def _number(self, value: Any) -> int | float:
         if isinstance(value, bool):
-            raise EditorError(f"{self.label} must be a number, got {value!r}.")
+            raise EditorError(f"{self.label} must be a number, got {quoted(value)}.")
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise EditorError(f"{self.label} must be a number, got {value!r}.") from None
+            raise EditorError(f"{self.label} must be a number, got {quoted(value)}.") from None
+        except OverflowError:  # an int beyond float's range
+            raise EditorError(f"{self.label} must be a finite number, got {quoted(value)}.") from None
         if not math.isfinite(number):
-            raise EditorError(f"{self.label} must be a finite number, got {value!r}.")
+            raise EditorError(f"{self.label} must be a finite number, got {quoted(value)}.")
         if self.kind in ("int", "seed"):
             if number != int(number):
-                raise EditorError(f"{self.label} must be a whole number, got {value!r}.")
+                raise EditorError(f"{self.label} must be a whole number, got {quoted(value)}.")
             number = int(number)
         low = self.minimum if self.minimum is not None else (0 if self.kind == "seed" else None)
         high = self.maximum if self.maximum is not None else (MAX_SEED if self.kind == "seed" else None)
@@ -118,7 +160,8 @@ class EditorInput:
 
 
 def _fmt(value: float | int) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 80 else text[:80] + "…"  # a user's 300-digit number is not echoed whole
 
 
 def as_image(value: Any, label: str) -> Image.Image:
@@ -215,13 +258,18 @@ def model_key(model: str) -> str:
 def resolve_torch_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
     """`anyv2v.device.resolve_device` with bad names and missing CUDA turned into one-line errors."""
     if dtype is not None and dtype not in ("float16", "bfloat16", "float32"):
-        raise EditorError(f"dtype {dtype!r} must be float16, bfloat16 or float32.")
+        raise EditorError(f"dtype {quoted(dtype)} must be float16, bfloat16 or float32.")
     try:
         torch_device, torch_dtype = resolve_device(device, dtype)
     except RuntimeError:
-        raise EditorError(f"device {device!r} is not a device name; use cpu, cuda or cuda:N.") from None
+        raise EditorError(f"device {quoted(device)} is not a device name; use cpu, cuda or cuda:N.") from None
     if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise EditorError("device cuda was requested but no CUDA GPU is available; use --device cpu.")
+        raise EditorError(
+            "the editors are set to run on a CUDA GPU but this server has none; the server's operator can set them "
+            "to the CPU.",
+            operator="device cuda was requested but no CUDA GPU is available; set ANYV2V_DEVICE=cpu.",
+            cli="device cuda was requested but no CUDA GPU is available; use --device cpu.",
+        )
     return torch_device, torch_dtype
 
 
@@ -271,10 +319,23 @@ class Editor(abc.ABC):
         """Values of `click_inputs` for a click at pixel (x, y) of `frame` (the app wires clicks to this)."""
         return {}
 
-    def unavailable_reason(self, model: str | None = None) -> str | None:
-        """Why this editor cannot run here (a missing optional package or model file), with what to install or
-        download; None when it can. Cheap: never loads a model. The app still shows the tab with this text."""
+    def unavailable(self, model: str | None = None) -> EditorError | None:
+        """Why this editor cannot run here (a missing optional package or model file) as an EditorError whose
+        message is one sentence for a user (what is missing; that the operator can enable it) and whose
+        `operator` part says what to install or download where; None when it can run. Cheap: never loads a
+        model. Subclasses with optional parts override this."""
         return None
+
+    def unavailable_reason(self, model: str | None = None) -> str | None:
+        """The user's sentence of `unavailable` (what the app's tab shows), None when the editor can run."""
+        problem = self.unavailable(model)
+        return str(problem) if problem is not None else None
+
+    def check_available(self, model: str | None = None) -> None:
+        """Raise `unavailable`'s EditorError (message and operator details) when the editor cannot run here."""
+        problem = self.unavailable(model)
+        if problem is not None:
+            raise problem
 
     def validate_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         """Checked values for every declared input, defaults filled in.
@@ -312,7 +373,12 @@ class Editor(abc.ABC):
         count = check_candidates(candidates) if self.supports_candidates else 1
         report = progress or _no_progress
         with self._run_lock, oom_guard(self.oom_advice):
-            images = self._edit(frame, values, count, report, model, device, dtype)
+            try:
+                images = self._edit(frame, values, count, report, model, device, dtype)
+            except ModelLoadError as exc:
+                if isinstance(exc, EditorError):  # already worded for the user and the operator
+                    raise
+                raise model_load_failure(self.title, exc) from None
         if len(images) != count:
             raise RuntimeError(f"{self.name} returned {len(images)} images for {count} candidates")
         return [finish_image(image, frame.size) for image in images]
@@ -360,12 +426,13 @@ def check_candidates(candidates: Any) -> int:
     if (
         isinstance(candidates, bool)
         or not isinstance(candidates, (int, np.integer, float))
+        or (isinstance(candidates, float) and not math.isfinite(candidates))
         or candidates != int(candidates)
     ):
-        raise EditorError(f"candidates must be a whole number, got {candidates!r}.")
+        raise EditorError(f"candidates must be a whole number, got {quoted(candidates)}.")
     count = int(candidates)
     if not 1 <= count <= MAX_CANDIDATES:
-        raise EditorError(f"candidates = {count} is outside 1..{MAX_CANDIDATES}.")
+        raise EditorError(f"candidates = {_fmt(count)} is outside 1..{MAX_CANDIDATES}.")
     return count
 
 
@@ -378,12 +445,59 @@ def finish_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image
 
 
-def empty_target_dir(directory: str | os.PathLike) -> Path:
-    """`directory` as a Path, refusing one that exists with content (a tiny model never overwrites files)."""
-    out = Path(directory)
+def empty_target_dir(directory: str | os.PathLike, what: str = "the tiny model") -> Path:
+    """`directory` as a Path, refusing one that exists with content (a model folder never overwrites files);
+    `what` names what the folder is for in the message (a converter says "the converted AnyDoor model")."""
+    out = Path(directory).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EditorError(f"{out} already exists and is not an empty folder; give a new folder for the tiny model.")
+        raise EditorError(f"{out} already exists and is not an empty folder; give a new folder for {what}.")
     return out
+
+
+def first_sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of a library's message (its first line, up to the first '. '), whitespace collapsed;
+    at most `limit` characters, cut at a word with an ellipsis, so a quoted cause never stops mid-word."""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    sentence = " ".join(lines[0].split()) if lines else ""
+    end = sentence.find(". ")
+    if end >= 0:
+        sentence = sentence[: end + 1]
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+    return sentence.rstrip(".")
+
+
+def load_tensors_only(path: Path, what: str, advice: str) -> Any:
+    """`torch.load(path, weights_only=True)` for a converter: tensors and plain containers only, torch's own
+    warnings kept off the user's terminal, and every refusal one line that says nothing in the file ran.
+
+    `what` names the file ("the AnyDoor checkpoint"), `advice` is the sentence that says what to give instead."""
+    import pickle
+    import re
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. torch's "Detected pickle protocol 4" UserWarning
+        try:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+        except pickle.UnpicklingError as exc:
+            refused = "safe loading (torch.load with weights_only=True) refused it and nothing in it ran"
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            if found is not None:
+                raise EditorError(f"{path} holds a pickled {found.group(1)} object, not only tensors; {refused}. {advice}") from None
+            with open(path, "rb") as handle:
+                is_pickle = handle.read(1) == b"\x80"  # pickle protocol 2+ (torch.save's legacy format too)
+            if is_pickle:
+                raise EditorError(f"{path} is a plain pickle, not {what} of tensors; {refused}. {advice}") from None
+            raise EditorError(f"{path} is not a readable PyTorch checkpoint (not torch.save's format). {advice}") from None
+        except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
+            cause = first_sentence(str(exc), 160) or type(exc).__name__
+            raise EditorError(f"{path} is not a readable PyTorch checkpoint ({cause}). {advice}") from None
 
 
 def save_dir_atomically(out: Path, save: Callable[[Path], Any]) -> Path:
@@ -414,16 +528,20 @@ __all__ = [
     "Editor",
     "EditorError",
     "EditorInput",
+    "EditorModelError",
     "MAX_CANDIDATES",
     "MODEL_CACHE",
     "ModelCache",
     "Progress",
+    "quoted",
     "check_candidates",
     "as_image",
     "as_mask",
     "VIDEO_SETTING_NAMES",
     "check_frame",
     "empty_target_dir",
+    "first_sentence",
+    "load_tensors_only",
     "save_dir_atomically",
     "finish_image",
     "model_key",

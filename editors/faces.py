@@ -55,6 +55,15 @@ INSIGHTFACE_HELP = (
 )
 
 
+def face_analysis_unavailable(detail: str) -> EditorError:
+    """The user's sentence for face analysis that cannot run here; `detail` (paths, installs) is the operator's."""
+    return EditorError(
+        "face analysis (InsightFace antelopev2) is not set up on this server; the server's operator can enable it.",
+        operator=detail,
+        cli=detail,
+    )
+
+
 @dataclass(frozen=True)
 class Face:
     """One detected face in image pixels."""
@@ -95,7 +104,7 @@ class InsightFaceAnalyzer(FaceAnalyzer):
     def __init__(self, models_dir: str | os.PathLike, det_size: int = 640, providers: list[str] | None = None) -> None:
         reason = insightface_unavailable_reason(models_dir)
         if reason:
-            raise EditorError(reason)
+            raise face_analysis_unavailable(reason)
         from insightface.model_zoo import get_model
 
         folder = Path(models_dir).expanduser()
@@ -105,7 +114,9 @@ class InsightFaceAnalyzer(FaceAnalyzer):
             self.detector = get_model(str(folder / DETECTOR_FILE), providers=providers)
             self.recognizer = get_model(str(folder / RECOGNIZER_FILE), providers=providers)
         if self.detector is None or self.recognizer is None:
-            raise EditorError(f"the ONNX files in {folder} are not InsightFace's SCRFD detector and ArcFace model.")
+            raise face_analysis_unavailable(
+                f"the ONNX files in {folder} are not InsightFace's SCRFD detector and ArcFace model."
+            )
         context = 0 if "CUDAExecutionProvider" in providers else -1
         self.detector.prepare(context, input_size=(det_size, det_size), det_thresh=0.5)
         self.recognizer.prepare(context)
@@ -177,7 +188,7 @@ def load_face_analyzer(models_dir: str | os.PathLike | None = None) -> FaceAnaly
     """The face analyzer `ANYV2V_FACE_ANALYZER` names, loaded (EditorError saying what to install if it can't)."""
     reason = analyzer_unavailable_reason(models_dir)
     if reason:
-        raise EditorError(reason)
+        raise face_analysis_unavailable(reason)
     spec = analyzer_spec()
     folder = face_models_dir(models_dir)
     if spec == DEFAULT_ANALYZER:
@@ -185,10 +196,12 @@ def load_face_analyzer(models_dir: str | os.PathLike | None = None) -> FaceAnaly
     module_name, _, factory_name = spec.partition(":")
     factory: Callable[[Path], FaceAnalyzer] | None = getattr(importlib.import_module(module_name), factory_name, None)
     if not callable(factory):
-        raise EditorError(f"{ANALYZER_ENV}={spec!r}: {module_name} has no callable {factory_name}.")
+        raise face_analysis_unavailable(f"{ANALYZER_ENV}={spec!r}: {module_name} has no callable {factory_name}.")
     analyzer = factory(folder)
     if not isinstance(analyzer, FaceAnalyzer):
-        raise EditorError(f"{ANALYZER_ENV}={spec!r} returned {type(analyzer).__name__}, not a FaceAnalyzer.")
+        raise face_analysis_unavailable(
+            f"{ANALYZER_ENV}={spec!r} returned {type(analyzer).__name__}, not a FaceAnalyzer."
+        )
     return analyzer
 
 
@@ -320,6 +333,7 @@ __all__ = [
     "as_rgb_photo",
     "choose_face",
     "draw_keypoints",
+    "face_analysis_unavailable",
     "face_number_at",
     "face_models_dir",
     "load_face_analyzer",

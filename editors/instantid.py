@@ -43,6 +43,7 @@ from .faces import (
     as_rgb_photo,
     choose_face,
     draw_keypoints,
+    face_analysis_unavailable,
     face_models_dir,
     face_number_at,
     load_face_analyzer,
@@ -67,7 +68,9 @@ DEFAULT_NEGATIVE_PROMPT = (
     "lowres, low quality, worst quality, deformed, ugly, deformed eyes, blurry, out of focus, watermark, text"
 )
 MAX_FACE_INDEX = 32
-SIZE_MULTIPLE = 64  # working sizes in multiples of 64: every SDXL UNet level divides evenly
+SIZE_MULTIPLE = 64  # working sizes in multiples of 64 (InstantID's base_pixel_number): every SDXL level divides
+DEFAULT_RESOLUTION = 1280  # the longer side: infer_img2img.py's resize_img(max_side=1280)
+OFFICIAL_SHORT_SIDE = 1024  # resize_img's min_side: the first, intermediate scaling (only its rounding matters)
 
 
 def sdxl_base(instantid_dir: str | os.PathLike) -> str:
@@ -79,11 +82,15 @@ def sdxl_base(instantid_dir: str | os.PathLike) -> str:
     return str(bundled) if (bundled / "model_index.json").is_file() else DEFAULT_SDXL
 
 
-def working_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
-    """The frame's size scaled so its longer side is `resolution`, each side a multiple of 64 (at least 64)."""
+def working_size(size: tuple[int, int], resolution: int = DEFAULT_RESOLUTION) -> tuple[int, int]:
+    """The size SDXL draws a frame of `size` at, by the rule of InstantID's `infer_img2img.py` (`resize_img`): the
+    shorter side scaled to 1024 (rounded), then the longer side to `resolution` (1280 there), each side rounded
+    and then cut down to a multiple of 64 (at least 64). A 16:9 frame runs at 1280x704, a square one at 1280x1280."""
     width, height = size
+    first = OFFICIAL_SHORT_SIDE / min(width, height)
+    width, height = round(width * first), round(height * first)
     scale = resolution / max(width, height)
-    return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in (width, height))
+    return tuple(max(SIZE_MULTIPLE, round(side * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE) for side in (width, height))
 
 
 class InstantIDEditor(Editor):
@@ -159,11 +166,12 @@ class InstantIDEditor(Editor):
             "resolution",
             "int",
             "Working resolution",
-            default=1024,
+            default=DEFAULT_RESOLUTION,
             minimum=64,
             maximum=2048,
             step=64,
-            help="Longer side SDXL draws at (SDXL's native 1024); the result is resized back to the frame.",
+            help="Longer side SDXL draws at, both sides multiples of 64 (InstantID's img2img script: 1280, so a 16:9 "
+            "frame runs at 1280x704); lower is faster. The result is resized back to the frame.",
         ),
         EditorInput("seed", "seed", "Seed", default=42, help="Candidate i uses seed + i."),
     )
@@ -179,36 +187,46 @@ class InstantIDEditor(Editor):
     def instantid_folder(self, model: str | None = None) -> Path:
         return Path(self.resolve_model(model)).expanduser()
 
-    def unavailable_reason(self, model: str | None = None) -> str | None:
-        reasons = []
+    def unavailable(self, model: str | None = None) -> EditorError | None:
+        missing, details = [], []
         if importlib.util.find_spec("cv2") is None:
-            reasons.append("OpenCV is not installed: `pip install opencv-python-headless` (one OpenCV, headless).")
+            missing.append("OpenCV")
+            details.append("OpenCV is not installed: `pip install opencv-python-headless` (one OpenCV, headless).")
         face_reason = analyzer_unavailable_reason()
         if face_reason:
-            reasons.append(face_reason)
+            missing.append("the face analysis models, InsightFace antelopev2")
+            details.append(face_reason)
         folder = self.instantid_folder(model)
         model_reason = check_instantid_folder(folder)
         if model_reason:
-            reasons.append(model_reason)
+            missing.append("the InstantID model")
+            details.append(model_reason)
         base = sdxl_base(folder)
         if looks_like_path(base) and not os.path.isdir(base):
-            reasons.append(f"the SDXL folder {base} ({SDXL_ENV}) does not exist.")
-        return " ".join(reasons) or None
+            missing.append("the SDXL base model")
+            details.append(f"the SDXL folder {base} ({SDXL_ENV}) does not exist.")
+        if not missing:
+            return None
+        what = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+        return EditorError(
+            f"the identity editor (InstantID) is not set up on this server (it lacks {what}); the server's operator "
+            "can enable it.",
+            operator=" ".join(details) + " See docs/editors.md.",
+            cli=" ".join(details),
+        )
 
     def load_analyzer(self, device: str | None = None, dtype: str | None = None) -> FaceAnalyzer:
         """The configured face analyzer (cached); EditorError saying what to install when it is missing."""
         reason = analyzer_unavailable_reason()
         if reason:  # before the cache, so a failed load evicts no other model
-            raise EditorError(reason)
+            raise face_analysis_unavailable(reason)
         key = f"faces:{analyzer_spec()}:{face_models_dir()}"
         return self.load_model(key, device, dtype, load_face_analyzer)
 
     def pipeline(self, model: str | None = None, device: str | None = None, dtype: str | None = None) -> Any:
         """The cached `InstantIDImg2ImgPipeline` for the InstantID folder `model` and its SDXL base."""
         folder = self.instantid_folder(model)
-        reason = check_instantid_folder(folder)
-        if reason:
-            raise EditorError(reason)
+        self.check_available(str(folder))
         base = sdxl_base(folder)
         return self.load_model(
             f"{model_key(str(folder))}+{model_key(base)}", device, dtype, lambda: _load(folder, base, device, dtype)
@@ -238,9 +256,7 @@ class InstantIDEditor(Editor):
         denoising_steps = int(steps * strength)
         if denoising_steps < 1:
             raise EditorError(f"steps x strength = {steps} x {strength:g} is under one step; raise either.")
-        model_reason = check_instantid_folder(folder)
-        if model_reason:  # before any work
-            raise EditorError(model_reason)
+        self.check_available(str(folder))  # before any work
 
         progress(0.0, "finding the faces")
         analyzer = self.load_analyzer(device, dtype)

@@ -11,7 +11,6 @@ converter reads the pickle once with `torch.load(weights_only=True)`, refuses an
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from anyv2v.files import atomic_output
 
-from .base import EditorError, save_dir_atomically
+from .base import EditorError, empty_target_dir, load_tensors_only, save_dir_atomically
 
 IP_ADAPTER_PICKLE = "ip-adapter.bin"
 IP_ADAPTER_FILE = "ip-adapter.safetensors"
@@ -38,16 +37,11 @@ RESAMPLER_DEPTH = 4
 def read_ip_adapter_pickle(path: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
     """`ip-adapter.bin` as {section: {key: tensor}}; EditorError for anything else (never unpickles objects)."""
     path = Path(path)
+    if path.is_dir():
+        raise EditorError(f"{path} is a folder; give InstantID's ip-adapter.bin file (or the folder that holds it).")
     if not path.is_file():
         raise EditorError(f"{path} does not exist; give InstantID's ip-adapter.bin or the folder that holds it.")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise EditorError(
-            f"{path} is not a tensors-only PyTorch pickle (refused by torch.load(weights_only=True): {first}); "
-            "use the ip-adapter.bin from InstantX/InstantID."
-        ) from None
+    data = load_tensors_only(path, "InstantID's IP-Adapter", "Use the ip-adapter.bin from InstantX/InstantID.")
     return check_ip_adapter_state(data, str(path))
 
 
@@ -101,6 +95,8 @@ def _sources(src: Path) -> tuple[Path, Path]:
         pickle_path, identitynet = src, src.parent / IDENTITYNET_DIR
     else:
         raise EditorError(f"{src} does not exist; give the folder downloaded from InstantX/InstantID.")
+    if pickle_path.is_dir():
+        raise EditorError(f"{pickle_path} is a folder; it must be the ip-adapter.bin file from InstantX/InstantID.")
     if not pickle_path.is_file():
         raise EditorError(f"{pickle_path} not found; download ip-adapter.bin from InstantX/InstantID into {src}.")
     config = identitynet / "config.json"
@@ -117,9 +113,7 @@ def convert_instantid(src: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
     """Convert a downloaded InstantX/InstantID (SRC: its folder or its ip-adapter.bin) into OUT_DIR:
     `ip-adapter.safetensors` + `ControlNetModel/`. OUT_DIR must be new or empty; it appears complete or not at all."""
     pickle_path, identitynet = _sources(Path(src).expanduser())
-    out = Path(out_dir).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EditorError(f"{out} already exists and is not an empty folder; give a new folder for the converted weights.")
+    out = empty_target_dir(out_dir, "the converted InstantID model")
     state = read_ip_adapter_pickle(pickle_path)
 
     def save(tmp: Path) -> None:

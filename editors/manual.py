@@ -19,7 +19,7 @@ from PIL import Image
 from anyv2v.config import RESIZE_MODES
 from anyv2v.video import prepare_edited_frame
 
-from .base import Editor, EditorError, EditorInput, Progress, as_image, check_frame
+from .base import Editor, EditorError, EditorInput, Progress, as_image, check_frame, quoted
 from .frames import first_frame, save_png
 
 ORDER = 30
@@ -33,7 +33,7 @@ def fit_uploaded_frame(
     `source_frame` is the prepared source first frame (working size); the fitting is the engine's own.
     """
     if resize_mode not in RESIZE_MODES:
-        raise EditorError(f"resize mode {resize_mode!r} is not one of {', '.join(RESIZE_MODES)}.")
+        raise EditorError(f"resize mode {quoted(resize_mode)} is not one of {', '.join(RESIZE_MODES)}.")
     upload = as_image(image, "Edited frame")
     return prepare_edited_frame(upload, check_frame(source_frame), resize_mode)
 
@@ -96,7 +96,7 @@ class ManualEditor(Editor):
         values = super().validate_inputs(inputs)
         resize_mode = (inputs or {}).get("resize_mode") or "crop"
         if resize_mode not in RESIZE_MODES:
-            raise EditorError(f"resize mode {resize_mode!r} is not one of {', '.join(RESIZE_MODES)}.")
+            raise EditorError(f"resize mode {quoted(resize_mode)} is not one of {', '.join(RESIZE_MODES)}.")
         values["resize_mode"] = resize_mode
         return values
 

@@ -35,22 +35,39 @@ def rembg_model_path() -> Path:
     return rembg_own if not primary.is_file() and rembg_own.is_file() else primary
 
 
-def missing_rembg_reason() -> str | None:
-    """Why rembg cannot cut out a subject here (package or model file missing), with what to do; None if it can."""
+# What a user can do without rembg (the app's and the API's wording; the CLI names its flags).
+NO_REMBG_USER = "upload a subject mask or an RGBA cut-out of the subject (its transparency is the mask) instead"
+NO_REMBG_CLI = "give --reference-mask (white where the subject is) or an RGBA reference whose transparency is the mask"
+
+
+def rembg_problem() -> EditorError | None:
+    """Why rembg cannot cut out a subject here (package or model file missing), None if it can: a sentence for the
+    user (what they can do instead), the operator's details (what to install or download where)."""
     missing = [name for name in ("rembg", "onnxruntime") if importlib.util.find_spec(name) is None]
     if missing:
-        return (
-            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (pip install rembg "
-            "onnxruntime) for automatic subject masks; upload a subject mask or use an RGBA reference instead."
+        operator = (
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: pip install rembg "
+            "onnxruntime (automatic subject masks; see docs/editors.md)."
         )
-    path = rembg_model_path()
-    if not path.is_file():
-        return (
+    else:
+        path = rembg_model_path()
+        if path.is_file():
+            return None
+        operator = (
             f"the rembg model file {path} is missing: download u2net.onnx from rembg's GitHub releases "
-            f"({REMBG_MODEL_URL}) and put it there (or point {REMBG_MODEL_ENV} at it); or upload a subject mask, or "
-            "use an RGBA reference whose transparency is the mask."
+            f"({REMBG_MODEL_URL}) and put it there (or point {REMBG_MODEL_ENV} at it); see docs/editors.md."
         )
-    return None
+    return EditorError(
+        f"automatic subject masks are not set up on this server; {NO_REMBG_USER}.",
+        operator=operator,
+        cli=f"cannot find the subject automatically: {operator} Or {NO_REMBG_CLI}.",
+    )
+
+
+def missing_rembg_reason() -> str | None:
+    """`rembg_problem` as command-line text (paths and all), None when rembg can run."""
+    problem = rembg_problem()
+    return problem.cli_text() if problem is not None else None
 
 
 class SubjectMasker:
@@ -63,9 +80,9 @@ class SubjectMasker:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """The subject of `image` as a bool HxW mask (U^2-Net saliency above one half)."""
-        reason = missing_rembg_reason()
-        if reason is not None:
-            raise EditorError(f"cannot find the subject automatically: {reason}")
+        problem = rembg_problem()
+        if problem is not None:
+            raise problem
         with self._lock:
             session = self._load(rembg_model_path())
             with np.errstate(invalid="ignore", divide="ignore"):  # a flat prediction normalises to NaN: no subject
@@ -97,9 +114,11 @@ class SubjectMasker:
             )
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            operator = f"the rembg model {path} cannot be loaded ({first}); replace it with u2net.onnx from {REMBG_MODEL_URL}."
             raise EditorError(
-                f"the rembg model {path} cannot be loaded ({first}); replace it with u2net.onnx from "
-                f"{REMBG_MODEL_URL}, or upload a subject mask instead."
+                f"automatic subject masks do not work on this server; {NO_REMBG_USER}.",
+                operator=operator,
+                cli=f"{operator} Or {NO_REMBG_CLI}.",
             ) from None
         self._key, self._session = key, session
         return session

@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from anyv2v.config import EditConfig
-from anyv2v.errors import ConfigError, VideoError
+from anyv2v.errors import ConfigError, VideoError, quoted
 from anyv2v.video import MAX_SOURCE_PIXELS
 
 from .settings import AppSettings
@@ -25,16 +25,16 @@ def _number(value: Any, default: float, name: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}.") from None
+        raise ConfigError(f"{name} must be a number, got {quoted(value)}.") from None
     if not math.isfinite(number):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}.")
+        raise ConfigError(f"{name} must be a finite number, got {quoted(value)}.")
     return number
 
 
 def whole_number(value: Any, default: int, name: str) -> int:
     number = _number(value, default, name)
     if abs(number - round(number)) > 1e-6:
-        raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+        raise ConfigError(f"{name} must be a whole number, got {quoted(value)}.")
     return int(round(number))
 
 

@@ -86,6 +86,8 @@ def user_message(exc: BaseException, action: str, paths: Sequence[str | None] = 
         logger.error("out of disk space while %s: %s", action, exc)
         return "The server is out of disk space, so nothing could be written. Try again later.", True
     if isinstance(exc, AnyV2VError):
+        if getattr(exc, "operator", ""):  # an editor's details for the operator (paths, installs): the log only
+            logger.warning("while %s: %s", action, exc.operator)
         text = " ".join(str(exc).split())
         first_word = text.split(" ", 1)[0]
         if "." not in first_word and "/" not in first_word:  # a sentence; a file name keeps its case

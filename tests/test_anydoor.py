@@ -493,6 +493,52 @@ def test_converter_refuses_other_checkpoints(official_checkpoint, tmp_path: Path
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
+class RunsCode:
+    """A pickle payload that would run a shell command when unpickled (it must never be)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_converter_messages_are_one_clear_line(tmp_path: Path) -> None:
+    """From the CLI, one line each and no torch warning: a plain pickle carrying code, a pickle naming a function,
+    a folder given as the checkpoint, a non-empty OUT folder."""
+    import pickle
+
+    marker = tmp_path / "ran"
+    plain, named = tmp_path / "plain.ckpt", tmp_path / "named.ckpt"
+    plain.write_bytes(pickle.dumps({"state_dict": RunsCode(marker)}, protocol=4))
+    named.write_bytes(pickle.dumps({"state_dict": RunsCode(marker)}, protocol=2))
+    refused = "safe loading (torch.load with weights_only=True) refused it and nothing in it ran."
+    result = run_cli("convert-anydoor", str(plain), str(tmp_path / "out"))
+    assert result.returncode == 1 and "Warning" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {plain} is a plain pickle, not an AnyDoor checkpoint of tensors; {refused} Give the official AnyDoor "
+        "checkpoint epoch=1-step=8687.ckpt (see docs/editors.md)."
+    )
+    result = run_cli("convert-anydoor", str(named), str(tmp_path / "out"))
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "Warning" not in result.stderr
+    assert last.startswith(f"error: {named} holds a pickled posix.system object, not only tensors; {refused}")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+    folder = tmp_path / "ckpt-folder"
+    folder.mkdir()
+    result = run_cli("convert-anydoor", str(folder), str(tmp_path / "out"))
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint {folder} is a folder; give the checkpoint file itself (epoch=1-step=8687.ckpt, or a "
+        "weights-only copy or .safetensors)."
+    )
+    (folder / "notes.txt").write_text("mine")
+    result = run_cli("convert-anydoor", str(plain), str(folder))
+    assert result.stderr.strip() == (
+        f"error: {folder} already exists and is not an empty folder; give a new folder for the converted AnyDoor model."
+    )
+
+
 def test_dinov2_tokens_use_the_official_position_interpolation() -> None:
     """ViT-g/14 runs at 224 px with a 37x37 position grid; AnyDoor's DINOv2 code resizes it with
     scale_factor (16 + 0.1) / 37, which transformers does not: the pipeline's tokens must use the official resize."""
@@ -612,13 +658,20 @@ def test_collage_sobel_and_mask_channel(kitten_frame: Image.Image) -> None:
     assert np.all(sobel[:12] == 0) and np.all(sobel[:, :12] == 0)  # no edges on the white padding (eroded mask)
     assert 0.02 < (sobel.max(-1) > 0).mean() < 0.6  # some of the dog's edges, not everything
 
-    # A painted region: the mask channel follows its shape (the official demo's shape control), the collage its box.
+    # A painted region, by default (the official demo's default): the mask channel is its grown bounding box, the
+    # same hint as the box itself.
     ellipse = Image.new("L", kitten_frame.size, 0)
     ImageDraw.Draw(ellipse).ellipse((x0, y0, x1 - 1, y1 - 1), fill=255)
     painted = np.asarray(ellipse) > 127
-    shaped = prepare_pair(kitten_frame, painted, dog, dog_mask(), crop_size=512, encoder_size=224)
+    boxed = prepare_pair(kitten_frame, painted, dog, dog_mask(), crop_size=512, encoder_size=224)
+    assert boxed.region_box == pair.region_box and np.array_equal(boxed.hint, pair.hint)
+    # With shape control (the demo's option) the mask channel follows the painted shape; the collage is unchanged.
+    shaped = prepare_pair(kitten_frame, painted, dog, dog_mask(), crop_size=512, encoder_size=224, shape_control=True)
     assert shaped.region_box == pair.region_box and np.array_equal(shaped.hint[..., :3], pair.hint[..., :3])
     assert np.array_equal(shaped.hint[..., 3] > 0, painted)
+    # Shape control on a box marks the box as painted, not grown (the demo uses the drawn mask as it is).
+    box_shape = prepare_pair(kitten_frame, region, dog, dog_mask(), crop_size=512, encoder_size=224, shape_control=True)
+    assert np.array_equal(box_shape.hint[..., 3] > 0, region)
 
 
 def test_sobel_map_keeps_strong_edges_weighted_by_colour() -> None:
@@ -681,7 +734,11 @@ def test_paste_back_changes_only_the_region_box(kitten_frame: Image.Image) -> No
         ("10,10,14,40", "only 4x30 pixels"),
         ("10,10,600,40", "reaches outside the 512x512 frame"),
         ("40,10,10,40", "is empty"),
-        ("a,b,c", "four numbers"),
+        ("a,b,c", "four finite numbers"),
+        ("0,0,inf,inf", r"box '0,0,inf,inf' must be four finite numbers x0,y0,x1,y1"),
+        ("nan,0,20,20", "four finite numbers"),
+        ("0,0,1e999,20", "four finite numbers"),
+        ("-10,-10,20,20", "reaches outside"),
     ],
 )
 def test_bad_regions_are_refused(box: str, message: str, kitten_frame: Image.Image) -> None:
@@ -689,6 +746,17 @@ def test_bad_regions_are_refused(box: str, message: str, kitten_frame: Image.Ima
 
     with pytest.raises(EditorError, match=message):
         target_region(box_mask(box_from_text(box, kitten_frame.size), kitten_frame.size))
+
+
+def test_box_text_is_quoted_short_and_spaces_separate_too(kitten_frame: Image.Image) -> None:
+    from editors.anydoor_preprocess import box_from_text
+
+    assert box_from_text(" 10 20  30 40 ", kitten_frame.size) == box_from_text("10,20,30,40", kitten_frame.size)
+    huge = "1," * 50_000  # a 100 KB box
+    with pytest.raises(EditorError, match="four finite numbers") as caught:
+        box_from_text(huge, kitten_frame.size)
+    message = str(caught.value)
+    assert len(message) < 200 and "…'" in message and message.count("1,") <= 41
 
 
 # ---- rembg offline on a tiny ONNX model --------------------------------------------------------------------------
@@ -749,18 +817,24 @@ def test_missing_rembg_model_says_what_to_put_where(tmp_path: Path, monkeypatch,
     monkeypatch.delenv("ANYV2V_REMBG_MODEL", raising=False)
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2"))
     monkeypatch.setenv("REMBG_HOME", str(tmp_path / "rembg"))
-    reason = missing_rembg_reason()
+    reason = missing_rembg_reason()  # the command line's text: where to put which file, and the flags
     assert str(tmp_path / "u2" / "u2net.onnx") in reason and "rembg's GitHub releases" in reason
-    assert "subject mask" in reason and "RGBA" in reason
+    assert "--reference-mask" in reason and "RGBA" in reason
     rembg_download = tmp_path / "rembg" / "models" / "u2net" / "u2net.onnx"  # where rembg 2.x downloads it
     rembg_download.parent.mkdir(parents=True)
     write_red_channel_onnx(rembg_download)
     assert missing_rembg_reason() is None
     rembg_download.unlink()
     editor = get_editor("anydoor")
-    with pytest.raises(EditorError, match="u2net.onnx"):
+    with pytest.raises(EditorError) as caught:
         editor.reference_and_mask({"reference": Image.open(DOG).convert("RGB"), "reference_mask": None},
                                   lambda f, m: None)
+    # A web user reads what to do instead, never the server's path or a download instruction; the operator's
+    # part (for the server log and the CLI) says which file goes where.
+    user = str(caught.value)
+    assert "upload a subject mask or an RGBA cut-out" in user
+    assert str(tmp_path) not in user and "u2net" not in user and "--" not in user and "http" not in user
+    assert str(tmp_path / "u2" / "u2net.onnx") in caught.value.operator and "github.com" in caught.value.operator
 
 
 # ---- the editor -------------------------------------------------------------------------------------------------
@@ -776,12 +850,18 @@ def test_editor_declares_inputs_settings_and_availability(tiny_anydoor: Path, tm
     assert editor.title == "Subject (AnyDoor)"
     assert [(s.name, s.kind) for s in editor.inputs] == [
         ("reference", "image"), ("reference_mask", "image"), ("mask", "mask"), ("box", "text"),
-        ("steps", "int"), ("guidance", "float"), ("seed", "seed"),
+        ("region_mode", "choice"), ("steps", "int"), ("guidance", "float"), ("seed", "seed"),
     ]
     assert editor.input("steps").default == 50 and editor.input("guidance").default == 5.0
     assert editor.video_settings == {"start_index": 0, "tau_conv": 0.2, "tau_sa": 0.2, "tau_ta": 1.0}
     monkeypatch.delenv("ANYV2V_ANYDOOR_MODEL", raising=False)
-    assert "convert-anydoor" in editor.unavailable_reason(str(tmp_path / "nothing"))
+    problem = editor.unavailable(str(tmp_path / "nothing"))
+    assert editor.unavailable_reason(str(tmp_path / "nothing")) == str(problem)  # what the page shows
+    assert str(problem) == (
+        "the subject editor (AnyDoor) is not set up on this server: its model is missing; the server's operator "
+        "can enable it."
+    )
+    assert "convert-anydoor" in problem.operator and str(tmp_path / "nothing") in problem.operator
     # A missing rembg model does not make the editor unavailable: a subject mask or an RGBA reference still works.
     monkeypatch.setenv("ANYV2V_REMBG_MODEL", str(tmp_path / "no-such-u2net.onnx"))
     assert editor.unavailable_reason(str(tiny_anydoor)) is None
@@ -806,12 +886,39 @@ def test_editor_bad_inputs_fail_before_any_model_work(tiny_anydoor: Path, tmp_pa
     ]
     transparent = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
     cases.append(({**good, "reference": transparent, "reference_mask": None}, "no subject found"))
+    cases.append(({**good, "box": "0,0,inf,inf"}, r"box '0,0,inf,inf' must be four finite numbers"))
+    cases.append(({**good, "region_mode": "circle"}, r"Region mode 'circle' is not one of: box, shape"))
     for values, message in cases:
-        with pytest.raises(EditorError, match=message):
+        with pytest.raises(EditorError, match=message) as caught:
             editor.edit(frame, values, model=model)
-    with pytest.raises(AnyV2VError, match="converted AnyDoor model folder .* does not exist.*convert-anydoor"):
+        assert "--" not in str(caught.value)  # the page's wording; the CLI has its own (`cli_text`)
+    with pytest.raises(AnyV2VError, match=r"subject editor \(AnyDoor\) is not set up on this server") as caught:
         editor.edit(frame, good, model=str(tmp_path / "no-such-folder"))
+    assert str(tmp_path) not in str(caught.value)
+    assert "no-such-folder is missing" in caught.value.cli_text() and "convert-anydoor" in caught.value.cli_text()
     assert not MODEL_CACHE  # nothing was loaded for any of them
+
+
+def test_region_mode_box_by_default_shape_on_request(tiny_anydoor: Path, monkeypatch) -> None:
+    import editors.anydoor_preprocess as preprocess
+
+    editor = get_editor("anydoor")
+    assert editor.input("region_mode").default == "box" and editor.input("region_mode").choices == ("box", "shape")
+    seen: list[bool] = []
+    real = preprocess.prepare_pair
+
+    def spy(*args, shape_control=False, **kwargs):
+        seen.append(shape_control)
+        return real(*args, shape_control=shape_control, **kwargs)
+
+    monkeypatch.setattr(preprocess, "prepare_pair", spy)
+    frame = Image.new("RGB", (64, 64), (90, 90, 90))
+    painted = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(painted).ellipse((16, 16, 40, 44), fill=255)
+    values = {"reference": Image.open(DOG), "reference_mask": Image.fromarray(dog_mask()), "mask": painted, "steps": 1}
+    editor.edit(frame, values, model=str(tiny_anydoor))
+    editor.edit(frame, {**values, "region_mode": "Shape"}, model=str(tiny_anydoor))
+    assert seen == [False, True]
 
 
 def test_rgba_reference_uses_its_alpha(tiny_anydoor: Path) -> None:
@@ -845,8 +952,20 @@ def test_cli_run_then_region_only_changes(tiny_anydoor: Path, tmp_path: Path, ca
     code, _, stderr = cli(capsys, "run", "--editor", "anydoor", "--video", str(KITTEN), "--width", "64", "--height",
                           "64", "--reference", str(DOG), "--reference-mask", str(ref_mask), "--model",
                           str(tiny_anydoor), "--out", str(tmp_path / "none.png"))
-    assert code == 1 and stderr.strip().splitlines()[-1].startswith("error: Target region is required")
+    last = stderr.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("error: Target region is required: give --mask M.png")
+    assert "--box x0,y0,x1,y1" in last
     assert not (tmp_path / "none.png").exists()
+    base = ["run", "--editor", "anydoor", "--video", str(KITTEN), "--width", "64", "--height", "64", "--reference",
+            str(DOG), "--reference-mask", str(ref_mask), "--model", str(tiny_anydoor), "--out", str(tmp_path / "n.png")]
+    # Numbers in the box: inf is an input error (not blamed on the model); a negative first number parses.
+    code, _, stderr = cli(capsys, *base, "--box", "0,0,inf,inf")
+    assert code == 1 and stderr.strip() == (
+        "error: box '0,0,inf,inf' must be four finite numbers x0,y0,x1,y1 in frame pixels, e.g. 100,120,300,400."
+    )
+    code, _, stderr = cli(capsys, *base, "--box", "-10,-10,20,20")
+    assert code == 1 and "box '-10,-10,20,20' reaches outside the 64x64 frame" in stderr
+    assert not (tmp_path / "n.png").exists()
 
 
 def test_app_api_subject_edit_then_video(tiny_anydoor: Path, tmp_path_factory) -> None:

@@ -192,11 +192,15 @@ def test_instruct_pix2pix_keeps_odd_frame_sizes(ip2p_model: Path, small_frame: I
 
 def test_instruct_pix2pix_bad_model_is_one_clear_error(small_frame: Image.Image, tmp_path: Path) -> None:
     editor = get_editor("instruct_pix2pix")
-    with pytest.raises(ModelLoadError, match="does not exist"):
+    # The user's sentence names no server path; the loader's details are the operator's (log) and the CLI's.
+    with pytest.raises(ModelLoadError, match="InstructPix2Pix model cannot be loaded on this server") as caught:
         editor.edit(small_frame, {"instruction": "x", "steps": 1}, model=str(tmp_path / "missing"))
-    with pytest.raises(ModelLoadError, match="cannot load an InstructPix2Pix pipeline") as caught:
+    assert str(tmp_path) not in str(caught.value) and "does not exist" in caught.value.operator
+    assert caught.value.cli_text().startswith(f"model folder {tmp_path / 'missing'} does not exist")
+    with pytest.raises(ModelLoadError, match="operator can fix it") as caught:
         editor.edit(small_frame, {"instruction": "x", "steps": 1}, model=str(tmp_path))  # empty folder
-    assert "\n" not in str(caught.value)
+    assert "cannot load an InstructPix2Pix pipeline" in caught.value.operator
+    assert "\n" not in str(caught.value) and "\n" not in caught.value.operator
 
 
 # ---- neural style transfer -----------------------------------------------------------------------------------
@@ -487,3 +491,42 @@ def test_cli_usage_error_exits_2(tmp_path: Path, capsys) -> None:
 
 def test_package_exports() -> None:
     assert {"available_editors", "get_editor", "Editor", "EditorError", "EditorInput"} <= set(editors.__all__)
+
+
+# ---- messages: numbers in text, the user's text quoted short ------------------------------------------------
+
+
+def test_numbers_in_text_get_one_input_message_and_long_text_is_quoted_short() -> None:
+    from anyv2v.errors import quoted
+    from editors.base import check_candidates
+
+    steps = EditorInput("steps", "int", "Steps", default=5, minimum=1, maximum=10)
+    for text in ("inf", "-inf", "nan", "1e999"):
+        with pytest.raises(EditorError, match=rf"Steps must be a finite number, got '{text}'\."):
+            steps.coerce(text)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(EditorError, match="candidates must be a whole number"):
+            check_candidates(bad)
+    for call in (lambda: check_candidates(10**400), lambda: steps.coerce(10**400), lambda: steps.coerce(1e300)):
+        with pytest.raises(EditorError) as caught:  # not OverflowError, and not 400 digits echoed back
+            call()
+        assert len(str(caught.value)) < 200
+    huge = "7x" * 50_000  # 100 KB
+    frame = Image.new("RGB", (32, 32))
+    for call in (lambda: steps.coerce(huge), lambda: get_editor(huge), lambda: fit_uploaded_frame(frame, frame, huge)):
+        with pytest.raises(EditorError) as caught:
+            call()
+        assert len(str(caught.value)) < 300 and "…'" in str(caught.value)
+    assert quoted("abc") == "'abc'" and quoted("x" * 81) == "'" + "x" * 80 + "…'" and len(quoted(huge)) == 83
+    choice = EditorInput("mode", "choice", "Mode", default="a", choices=("a", "b"))
+    assert choice.coerce(" B ") == "b" and choice.coerce(None) == "a"
+    with pytest.raises(EditorError, match=r"Mode 'c' is not one of: a, b\."):
+        choice.coerce("c")
+
+
+def test_cli_takes_negative_numbers_as_values() -> None:
+    from editors.__main__ import join_negative_values
+
+    assert join_negative_values(["run", "--box", "-10,-10,20,20", "--seed", "-1", "--steps", "3"]) == [
+        "run", "--box=-10,-10,20,20", "--seed=-1", "--steps", "3"]
+    assert join_negative_values(["run", "--box", "--video", "v.mp4"]) == ["run", "--box", "--video", "v.mp4"]

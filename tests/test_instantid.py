@@ -4,6 +4,7 @@ editor end to end (library, CLI) on a tiny random InstantID with the determinist
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -205,7 +206,7 @@ class NotATensor:
 @pytest.mark.parametrize(
     "payload, message",
     [
-        (lambda s: {**s, "extra": NotATensor()}, "not a tensors-only PyTorch pickle"),
+        (lambda s: {**s, "extra": NotATensor()}, r"holds a pickled \S*NotATensor object, not only tensors.*nothing in it ran"),
         (lambda s: {"image_proj": {**s["image_proj"], "latents": [1.0, 2.0]}, "ip_adapter": s["ip_adapter"]},
          r"image_proj\['latents'\] is a list, not a tensor"),
         (lambda s: {"image_proj": s["image_proj"], "ip_adapter": {"1.to_k_ip.weight": 3}}, "is a int, not a tensor"),
@@ -234,6 +235,61 @@ def test_converter_cli_and_its_errors(tiny_instantid, tmp_path, capsys):
     shutil.rmtree(src / IDENTITYNET_DIR)
     assert main(["convert-instantid", str(src), str(tmp_path / "out2")]) == 1
     assert "IdentityNet not found" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
+class RunsCode:
+    """A pickle payload that would run a shell command when unpickled (it must never be)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_converter_messages_are_one_clear_line(tiny_instantid, tmp_path):
+    """A plain pickle carrying code, a folder where the file should be, a non-empty OUT: one line each from the CLI,
+    no torch warning, the whole sentence."""
+    import pickle
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-m", "editors", "convert-instantid", *args], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=240)
+
+    state = random_instantid_ip_adapter([8], output_dims=8, hidden_dims=64, heads=1)
+    src = instantid_download(tmp_path / "InstantID", tiny_instantid, state)
+    marker = tmp_path / "ran"
+    with open(src / "ip-adapter.bin", "wb") as handle:
+        pickle.dump({"image_proj": RunsCode(marker)}, handle, protocol=4)
+    result = run(str(src), str(tmp_path / "out"))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == (
+        f"error: {src / 'ip-adapter.bin'} is a plain pickle, not InstantID's IP-Adapter of tensors; safe loading "
+        "(torch.load with weights_only=True) refused it and nothing in it ran. Use the ip-adapter.bin from "
+        "InstantX/InstantID."
+    )
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+    (src / "ip-adapter.bin").unlink()
+    (src / "ip-adapter.bin").mkdir()
+    result = run(str(src), str(tmp_path / "out"))
+    assert result.stderr.strip() == f"error: {src / 'ip-adapter.bin'} is a folder; it must be the ip-adapter.bin file from InstantX/InstantID."
+
+    (src / "ip-adapter.bin").rmdir()
+    torch.save(state, src / "ip-adapter.bin")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    result = run(str(src), str(full))
+    assert result.stderr.strip() == (
+        f"error: {full} already exists and is not an empty folder; give a new folder for the converted InstantID model."
+    )
 
 
 # ---- the pipeline: IdentityNet sees the face tokens -------------------------------------------------------
@@ -307,15 +363,62 @@ def test_unavailable_reason_says_what_to_install(tmp_path, monkeypatch, use_tiny
     assert editor.unavailable_reason() is None
     monkeypatch.delenv("ANYV2V_FACE_ANALYZER")
     monkeypatch.setenv("ANYV2V_FACE_MODELS", str(tmp_path / "antelopev2"))
+    # The page's sentence: what is missing and that the operator can enable it; no paths, commands or markup
+    # (a `&&` inside a code span came out as a literal `&amp;&amp;` on the page).
     reason = editor.unavailable_reason()
-    assert "scrfd_10g_bnkps.onnx and glintr100.onnx not found in" in reason and str(tmp_path / "antelopev2") in reason
-    assert "pip install insightface" in reason and "non-commercial" in reason and "opencv-python-headless" in reason
+    assert reason == (
+        "the identity editor (InstantID) is not set up on this server (it lacks the face analysis models, "
+        "InsightFace antelopev2); the server's operator can enable it."
+    )
+    # The operator's details (server log, CLI, docs/editors.md): which files where, what to install.
+    details = editor.unavailable().operator
+    assert "scrfd_10g_bnkps.onnx and glintr100.onnx not found in" in details and str(tmp_path / "antelopev2") in details
+    assert "pip install insightface" in details and "non-commercial" in details and "opencv-python-headless" in details
     monkeypatch.setenv("ANYV2V_FACE_ANALYZER", FAKE_ANALYZER)
     empty = tmp_path / "instantid"
     empty.mkdir()
     (empty / "ip-adapter.bin").write_bytes(b"")
-    assert "convert-instantid" in editor.unavailable_reason(str(empty))
-    assert "InstantX/InstantID" in editor.unavailable_reason(str(tmp_path / "missing"))
+    assert "convert-instantid" in editor.unavailable(str(empty)).operator
+    assert "InstantX/InstantID" in editor.unavailable(str(tmp_path / "missing")).operator
+    monkeypatch.setenv("ANYV2V_SDXL_MODEL", str(tmp_path / "no-sdxl"))
+    assert editor.unavailable_reason(str(tmp_path / "missing")) == (
+        "the identity editor (InstantID) is not set up on this server (it lacks the InstantID model and the SDXL "
+        "base model); the server's operator can enable it."
+    )
+    for text in (editor.unavailable_reason(str(tmp_path / "missing")), reason):
+        assert not any(mark in text for mark in ("/", "`", "&", "<", "pip ", "--"))
+
+
+def test_unavailable_editor_is_refused_with_the_users_sentence(tmp_path, monkeypatch, use_tiny):
+    editor = get_editor("instantid")
+    monkeypatch.setenv("ANYV2V_INSTANTID_MODEL", str(tmp_path / "missing"))
+    with pytest.raises(EditorError, match=r"it lacks the InstantID model\); the server's operator can enable it") as caught:
+        editor.edit(scene(), {"face_image": face_photo(), **FAST})
+    assert str(tmp_path) not in str(caught.value) and str(tmp_path / "missing") in caught.value.operator
+
+
+@pytest.mark.parametrize(
+    "size, resolution, expected",
+    [
+        ((512, 288), 1280, (1280, 704)),  # 16:9: infer_img2img.py's resize_img gives 1280x704
+        ((1920, 1080), 1280, (1280, 704)),
+        ((288, 512), 1280, (704, 1280)),
+        ((512, 512), 1280, (1280, 1280)),
+        ((640, 480), 1280, (1280, 960)),  # 4:3
+        ((512, 384), 1024, (1024, 768)),
+        ((512, 400), 1280, (1280, 960)),  # 1000 rounds down to 960 (not up to 1024)
+        ((2000, 100), 1280, (1280, 64)),  # never below 64
+    ],
+)
+def test_working_size_follows_the_official_img2img_rule(size, resolution, expected):
+    from editors.instantid import working_size
+
+    assert working_size(size, resolution) == expected
+    assert all(side % 64 == 0 for side in working_size(size, resolution))
+
+
+def test_working_resolution_defaults_to_the_official_1280():
+    assert get_editor("instantid").input("resolution").default == 1280
 
 
 def test_edit_gives_candidates_at_frame_size_and_follows_the_face_photo(use_tiny):
@@ -362,13 +465,15 @@ def test_bad_inputs_get_one_clear_message(use_tiny, tmp_path, monkeypatch):
     assert editor.edit(frame, {"face_image": grey, **FAST})[0].size == (64, 64)
     assert editor.edit(frame, {"face_image": face_photo().convert("RGBA"), **FAST})[0].size == (64, 64)
     # Missing converted weights and missing face models.
-    with pytest.raises(EditorError, match="lacks ip-adapter.safetensors"):
+    with pytest.raises(EditorError, match=r"it lacks the InstantID model\)") as caught:
         (tmp_path / "half").mkdir()
         editor.edit(frame, {"face_image": face_photo(), **FAST}, model=str(tmp_path / "half"))
+    assert "lacks ip-adapter.safetensors" in caught.value.operator  # the operator's part: the log and the CLI
     monkeypatch.delenv("ANYV2V_FACE_ANALYZER")
     monkeypatch.setenv("ANYV2V_FACE_MODELS", str(tmp_path / "antelopev2"))
-    with pytest.raises(EditorError, match="face analysis needs InsightFace antelopev2"):
+    with pytest.raises(EditorError, match=r"it lacks the face analysis models, InsightFace antelopev2\)") as caught:
         editor.edit(frame, {"face_image": face_photo(), **FAST})
+    assert "face analysis needs InsightFace antelopev2" in caught.value.cli_text()
 
 
 def test_cli_run_writes_candidates_and_nothing_on_error(use_tiny, tmp_path, capsys):
@@ -451,8 +556,9 @@ def test_insightface_backend_uses_the_local_antelopev2_files(stub_insightface, t
     models = tmp_path / "antelopev2"
     monkeypatch.delenv("ANYV2V_FACE_ANALYZER", raising=False)
     monkeypatch.setenv("ANYV2V_FACE_MODELS", str(models))
-    with pytest.raises(EditorError, match="scrfd_10g_bnkps.onnx and glintr100.onnx not found"):
+    with pytest.raises(EditorError, match="face analysis .* is not set up on this server") as caught:
         load_face_analyzer()
+    assert "scrfd_10g_bnkps.onnx and glintr100.onnx not found" in caught.value.operator
     models.mkdir()
     for name in ("scrfd_10g_bnkps.onnx", "glintr100.onnx"):
         (models / name).write_bytes(b"onnx")

@@ -50,3 +50,47 @@ def test_edit_first_frame_with_instantid(client):
 
     with pytest.raises(AppError, match="(?i)no face found in the face photo"):  # the app capitalises messages
         api.predict(**{**request, "face_image": handle_file(str(root / "noface.png"))})
+
+
+def test_page_shows_the_users_sentence_and_logs_the_operators_details(tmp_path, monkeypatch, caplog):
+    """Unavailable editors on the page: one sentence saying what is missing and that the operator can enable it,
+    never a server path, a pip command or twice-escaped markup; the details go to the server log. AnyDoor's region
+    mode is a choice on the page."""
+    import logging
+
+    import app as webapp
+    from server.settings import AppSettings
+
+    monkeypatch.delenv("ANYV2V_FACE_ANALYZER", raising=False)
+    monkeypatch.setenv("ANYV2V_FACE_MODELS", str(tmp_path / "antelopev2"))
+    monkeypatch.setenv("ANYV2V_INSTANTID_MODEL", str(tmp_path / "instantid"))
+    monkeypatch.setenv("ANYV2V_ANYDOOR_MODEL", str(tmp_path / "anydoor"))
+    settings = AppSettings(model=str(tmp_path / "m"), output_dir=str(tmp_path / "out"))
+    with caplog.at_level(logging.WARNING):
+        demo = webapp.build_app(settings)
+    page = str(demo.config)
+    assert "the identity editor (InstantID) is not set up on this server" in page
+    assert "the subject editor (AnyDoor) is not set up on this server" in page
+    for leak in (str(tmp_path / "antelopev2"), str(tmp_path / "instantid"), str(tmp_path / "anydoor"), "pip install",
+                 "&amp;", "convert-instantid", "convert-anydoor"):
+        assert leak not in page, leak
+    logged = caplog.text
+    assert "editor instantid unavailable" in logged and str(tmp_path / "antelopev2") in logged
+    assert "pip install insightface" in logged and "convert-anydoor" in logged
+    radios = [c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "anydoor-region_mode"]
+    assert radios and radios[0]["type"] == "radio" and radios[0]["props"]["value"] == "box"
+
+
+def test_edit_errors_show_the_users_sentence_and_log_the_operators_details(caplog):
+    """The app's error text for an editor error is the user's sentence; the operator's part is only logged."""
+    import logging
+
+    from server.messages import user_message
+    from editors.base import EditorError
+
+    exc = EditorError("automatic subject masks are not set up on this server; upload a subject mask instead.",
+                      operator="the rembg model file /srv/home/.u2net/u2net.onnx is missing: download it")
+    with caplog.at_level(logging.WARNING):
+        message, expected = user_message(exc, "editing the first frame")
+    assert expected and message.startswith("Automatic subject masks are not set up") and "/srv" not in message
+    assert "/srv/home/.u2net/u2net.onnx is missing" in caplog.text
