@@ -1,8 +1,11 @@
-"""First-frame editors for AnyV2V: one module per editor behind one interface (`editors.base.Editor`).
+"""First-frame editors for AnyV2V: one module (or one package, when an editor needs several files) per editor,
+behind one interface (`editors.base.Editor`).
 
-Adding an editor means adding one module here that defines `EDITOR = MyEditor()` and `ORDER = <int>`; the
-app's tabs and the CLI (`python -m editors list`) find it through `available_editors()`. Modules only
-declare their editors at import time; model libraries and weights load at the first edit.
+Adding an editor means adding a module or package here that defines `EDITOR = MyEditor()` and `ORDER = <int>`
+(a package exports them from its `__init__`); the app's tabs and the CLI (`python -m editors list`) find it
+through `available_editors()`. What defines no `EDITOR` is not an editor: the shared helpers `base` (the
+interface) and `frames` (frame I/O). Modules only declare their editors at import time; model libraries and
+weights load at the first edit.
 """
 
 from __future__ import annotations
@@ -15,25 +18,16 @@ from .base import Editor, EditorError, EditorInput, ModelCache, quoted
 
 logger = logging.getLogger(__name__)
 
-# Modules of this package that are infrastructure, not editors.
-_NOT_EDITORS = frozenset(
-    {
-        "base", "frames", "tiny", "__main__",
-        "anydoor_convert", "anydoor_pipeline", "anydoor_preprocess", "masks",
-        "faces", "instantid_convert", "instantid_pipeline",
-    }
-)
-
-
 def available_editors() -> dict[str, Editor]:
     """Every editor in the package by name, in the order of their modules' `ORDER` (then name).
 
-    A module that fails to import (for example an editor whose optional dependency is missing) is skipped
+    Every module and package of `editors` whose name does not start with "_" is imported; those that define an
+    `EDITOR` are editors. A module that fails to import (for example an editor whose optional dependency is missing) is skipped
     with a warning, so one broken editor does not take the others down.
     """
     found: list[tuple[int, str, Editor]] = []
     for info in pkgutil.iter_modules(__path__):
-        if info.ispkg or info.name.startswith("_") or info.name in _NOT_EDITORS:
+        if info.name.startswith("_"):
             continue
         try:
             module = importlib.import_module(f"{__name__}.{info.name}")

@@ -231,14 +231,14 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_instantid(args: argparse.Namespace) -> int:
-    from .instantid_convert import convert_instantid
+    from .instantid.convert import convert_instantid
 
     print(convert_instantid(args.src, args.out_dir))
     return 0
 
 
 def cmd_convert_anydoor(args: argparse.Namespace) -> int:
-    from .anydoor_convert import convert_anydoor
+    from .anydoor.convert import convert_anydoor
 
     out = convert_anydoor(
         args.checkpoint,

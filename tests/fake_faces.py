@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from editors.faces import Face, FaceAnalyzer
+from editors.instantid.faces import Face, FaceAnalyzer
 
 KEYPOINT_FRACTIONS = np.array([[0.3, 0.35], [0.7, 0.35], [0.5, 0.55], [0.35, 0.78], [0.65, 0.78]], dtype=np.float32)
 BRIGHT = 200

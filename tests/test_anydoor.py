@@ -265,7 +265,7 @@ pytestmark = pytest.mark.usefixtures("single_thread_editor_models")
 
 @pytest.fixture(scope="module")
 def tiny_dinov2_dir(tmp_path_factory) -> Path:
-    from editors.anydoor_pipeline import tiny_dinov2
+    from editors.anydoor.pipeline import tiny_dinov2
 
     torch.manual_seed(1)
     folder = tmp_path_factory.mktemp("dinov2") / "tiny-dinov2"
@@ -341,7 +341,7 @@ def test_converter_cli_reports_what_it_dropped(official_checkpoint, tiny_dinov2_
 def test_official_architecture_maps_key_for_key() -> None:
     """configs/anydoor.yaml at full size (shapes only, on the meta device): every LDM tensor lands on a diffusers
     parameter of the same shape and no parameter is left out, so the real checkpoint loads strictly."""
-    from editors.anydoor_convert import ANYDOOR_LDM_CONFIG, component_class, map_anydoor_state
+    from editors.anydoor.convert import ANYDOOR_LDM_CONFIG, component_class, map_anydoor_state
 
     params = ANYDOOR_LDM_CONFIG["model"]["params"]
     writer = LdmWriter(meta=True)
@@ -366,7 +366,7 @@ def test_official_architecture_maps_key_for_key() -> None:
 
 
 def test_converted_folder_is_safetensors_and_loads(converted: Path) -> None:
-    from editors.anydoor_pipeline import load_anydoor_pipeline
+    from editors.anydoor.pipeline import load_anydoor_pipeline
 
     files = {p.relative_to(converted).as_posix() for p in converted.rglob("*") if p.is_file()}
     weights = {f for f in files if f.endswith((".safetensors", ".bin", ".pt", ".ckpt", ".pth"))}
@@ -388,7 +388,7 @@ def test_converted_folder_is_safetensors_and_loads(converted: Path) -> None:
 
 
 def test_converted_weights_compute_like_the_ldm_layers(converted: Path, official_checkpoint) -> None:
-    from editors.anydoor_pipeline import load_anydoor_pipeline
+    from editors.anydoor.pipeline import load_anydoor_pipeline
 
     _, _, ldm = official_checkpoint
     pipe = load_anydoor_pipeline(str(converted), torch.device("cpu"), torch.float32)
@@ -450,7 +450,7 @@ def test_converter_reads_a_safetensors_copy(official_checkpoint, tiny_dinov2_dir
                                             tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from editors.anydoor_convert import convert_anydoor
+    from editors.anydoor.convert import convert_anydoor
 
     _, config, state = official_checkpoint
     weights = tmp_path / "anydoor.safetensors"
@@ -477,7 +477,7 @@ def test_converter_refuses_pickled_objects(official_checkpoint, tiny_dinov2_dir,
 
 
 def test_converter_refuses_other_checkpoints(official_checkpoint, tmp_path: Path) -> None:
-    from editors.anydoor_convert import ConversionError, convert_anydoor
+    from editors.anydoor.convert import ConversionError, convert_anydoor
 
     _, config, state = official_checkpoint
     no_control = tmp_path / "sd21.ckpt"
@@ -542,7 +542,7 @@ def test_converter_messages_are_one_clear_line(tmp_path: Path) -> None:
 def test_dinov2_tokens_use_the_official_position_interpolation() -> None:
     """ViT-g/14 runs at 224 px with a 37x37 position grid; AnyDoor's DINOv2 code resizes it with
     scale_factor (16 + 0.1) / 37, which transformers does not: the pipeline's tokens must use the official resize."""
-    from editors.anydoor_pipeline import (
+    from editors.anydoor.pipeline import (
         AnyDoorImageProjector,
         AnyDoorPipeline,
         dinov2_position_embeddings,
@@ -626,7 +626,7 @@ def dog_mask() -> np.ndarray:
 
 
 def test_collage_sobel_and_mask_channel(kitten_frame: Image.Image) -> None:
-    from editors.anydoor_preprocess import box_mask, prepare_pair
+    from editors.anydoor.preprocess import box_mask, prepare_pair
 
     dog = Image.open(DOG).convert("RGB")
     x0, y0, x1, y1 = KITTEN_BOX
@@ -675,7 +675,7 @@ def test_collage_sobel_and_mask_channel(kitten_frame: Image.Image) -> None:
 
 
 def test_sobel_map_keeps_strong_edges_weighted_by_colour() -> None:
-    from editors.anydoor_preprocess import sobel_map
+    from editors.anydoor.preprocess import sobel_map
 
     step = np.zeros((224, 224, 3), np.uint8)
     step[:, 112:] = (200, 100, 50)
@@ -692,7 +692,7 @@ def test_sobel_map_keeps_strong_edges_weighted_by_colour() -> None:
 
 
 def test_padding_is_minus_one_in_the_mask_channel(kitten_frame: Image.Image) -> None:
-    from editors.anydoor_preprocess import box_from_text, box_mask, prepare_pair
+    from editors.anydoor.preprocess import box_from_text, box_mask, prepare_pair
 
     dog = Image.open(DOG).convert("RGB")
     box = box_from_text("0,200,100,300", kitten_frame.size)  # at the left edge: the crop is cut by the frame
@@ -710,7 +710,7 @@ def test_padding_is_minus_one_in_the_mask_channel(kitten_frame: Image.Image) -> 
 
 
 def test_paste_back_changes_only_the_region_box(kitten_frame: Image.Image) -> None:
-    from editors.anydoor_preprocess import box_from_text, box_mask, paste_back, prepare_pair
+    from editors.anydoor.preprocess import box_from_text, box_mask, paste_back, prepare_pair
 
     dog = Image.open(DOG).convert("RGB")
     for text in ("170,40,470,430", "0,200,100,300"):
@@ -742,14 +742,14 @@ def test_paste_back_changes_only_the_region_box(kitten_frame: Image.Image) -> No
     ],
 )
 def test_bad_regions_are_refused(box: str, message: str, kitten_frame: Image.Image) -> None:
-    from editors.anydoor_preprocess import box_from_text, box_mask, target_region
+    from editors.anydoor.preprocess import box_from_text, box_mask, target_region
 
     with pytest.raises(EditorError, match=message):
         target_region(box_mask(box_from_text(box, kitten_frame.size), kitten_frame.size))
 
 
 def test_box_text_is_quoted_short_and_spaces_separate_too(kitten_frame: Image.Image) -> None:
-    from editors.anydoor_preprocess import box_from_text
+    from editors.anydoor.preprocess import box_from_text
 
     assert box_from_text(" 10 20  30 40 ", kitten_frame.size) == box_from_text("10,20,30,40", kitten_frame.size)
     huge = "1," * 50_000  # a 100 KB box
@@ -798,7 +798,7 @@ def no_network(monkeypatch):
 
 
 def test_rembg_runs_offline_on_a_local_model(tmp_path: Path, monkeypatch, no_network) -> None:
-    from editors.masks import SubjectMasker
+    from editors.anydoor.masks import SubjectMasker
 
     model = write_red_channel_onnx(tmp_path / "u2net-tiny.onnx")  # outside rembg's own folders
     monkeypatch.setenv("ANYV2V_REMBG_MODEL", str(model))
@@ -812,7 +812,7 @@ def test_rembg_runs_offline_on_a_local_model(tmp_path: Path, monkeypatch, no_net
 
 
 def test_missing_rembg_model_says_what_to_put_where(tmp_path: Path, monkeypatch, kitten_frame) -> None:
-    from editors.masks import missing_rembg_reason
+    from editors.anydoor.masks import missing_rembg_reason
 
     monkeypatch.delenv("ANYV2V_REMBG_MODEL", raising=False)
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2"))
@@ -900,7 +900,7 @@ def test_editor_bad_inputs_fail_before_any_model_work(tiny_anydoor: Path, tmp_pa
 
 
 def test_region_mode_box_by_default_shape_on_request(tiny_anydoor: Path, monkeypatch) -> None:
-    import editors.anydoor_preprocess as preprocess
+    import editors.anydoor.preprocess as preprocess
 
     editor = get_editor("anydoor")
     assert editor.input("region_mode").default == "box" and editor.input("region_mode").choices == ("box", "shape")

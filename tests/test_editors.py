@@ -87,6 +87,10 @@ def test_discovery_finds_every_editor_in_order() -> None:
     assert found["instruct_pix2pix"].model_ids == {"pipeline": "timbrooks/instruct-pix2pix"}
     assert found["nst"].model_ids == {"vgg19": "timm/vgg19.tv_in1k"}
     assert get_editor("Instruct-Pix2Pix") is found["instruct_pix2pix"]
+    # editors that need several files are packages (found through their __init__), the others modules
+    assert type(found["anydoor"]).__module__ == "editors.anydoor.editor"
+    assert type(found["instantid"]).__module__ == "editors.instantid.editor"
+    assert type(found["nst"]).__module__ == "editors.nst"
     with pytest.raises(EditorError, match="instruct_pix2pix, nst, anydoor, instantid, manual"):
         get_editor("photoshop")
 
@@ -345,6 +349,8 @@ def test_save_png_never_overwrites(tmp_path: Path) -> None:
 def test_cli_list() -> None:
     result = run_cli("list")
     assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line and not line.startswith(" ")]
+    assert listed == ["instruct_pix2pix", "nst", "anydoor", "instantid", "manual"]
     for text in ("instruct_pix2pix", "nst", "manual", "--instruction", "--style-image", "timbrooks/instruct-pix2pix"):
         assert text in result.stdout
 

@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 
 from editors import get_editor
 from editors.base import EditorError
-from editors.faces import Face, as_rgb_photo, choose_face, draw_keypoints
-from editors.instantid_convert import (
+from editors.instantid.faces import Face, as_rgb_photo, choose_face, draw_keypoints
+from editors.instantid.convert import (
     IDENTITYNET_DIR,
     IP_ADAPTER_FILE,
     convert_instantid,
@@ -168,7 +168,7 @@ def instantid_download(root: Path, tiny: Path, state: object) -> Path:
 def test_converter_output_loads_through_diffusers_as_instantids_resampler(tiny_instantid, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from editors.instantid_pipeline import load_instantid_pipeline
+    from editors.instantid.pipeline import load_instantid_pipeline
 
     unet = UNet2DConditionModel.from_pretrained(tiny_instantid / "sdxl" / "unet")
     state = random_instantid_ip_adapter(
@@ -411,7 +411,7 @@ def test_unavailable_editor_is_refused_with_the_users_sentence(tmp_path, monkeyp
     ],
 )
 def test_working_size_follows_the_official_img2img_rule(size, resolution, expected):
-    from editors.instantid import working_size
+    from editors.instantid.editor import working_size
 
     assert working_size(size, resolution) == expected
     assert all(side % 64 == 0 for side in working_size(size, resolution))
@@ -551,7 +551,7 @@ def stub_insightface(tmp_path, monkeypatch):
 
 def test_insightface_backend_uses_the_local_antelopev2_files(stub_insightface, tmp_path, monkeypatch, capsys):
     """Checks our glue against insightface's model_zoo / face_align API, with the package stubbed."""
-    from editors.faces import InsightFaceAnalyzer, load_face_analyzer
+    from editors.instantid.faces import InsightFaceAnalyzer, load_face_analyzer
 
     models = tmp_path / "antelopev2"
     monkeypatch.delenv("ANYV2V_FACE_ANALYZER", raising=False)

@@ -26,7 +26,7 @@ import torch
 
 from anyv2v.errors import ModelLoadError
 
-from .base import EditorError, empty_target_dir, quoted, first_sentence, load_tensors_only, save_dir_atomically
+from ..base import EditorError, empty_target_dir, quoted, first_sentence, load_tensors_only, save_dir_atomically
 
 DEFAULT_IMAGE_ENCODER = "facebook/dinov2-giant"
 DEFAULT_ENCODER_SIZE = 224  # FrozenDinoV2Encoder's input: 224 px, 16x16 patches + CLS = 257 tokens
@@ -292,7 +292,7 @@ def map_anydoor_state(
 def component_class(class_name: str) -> type:
     import diffusers
 
-    from .anydoor_pipeline import AnyDoorImageProjector
+    from .pipeline import AnyDoorImageProjector
 
     return AnyDoorImageProjector if class_name == "AnyDoorImageProjector" else getattr(diffusers, class_name)
 
@@ -342,7 +342,7 @@ def convert_anydoor(
     """Write an `AnyDoorPipeline` folder converted from the official checkpoint; all or nothing."""
     from transformers import Dinov2Model
 
-    from .anydoor_pipeline import AnyDoorPipeline, make_scheduler
+    from .pipeline import AnyDoorPipeline, make_scheduler
 
     say = report or (lambda message: None)
     if dtype not in ("float16", "bfloat16", "float32"):

@@ -1,10 +1,10 @@
 """AnyDoor: put a subject from a reference photo into a marked region of the frame (subject swap or insertion).
 
 Chen et al., "AnyDoor: Zero-shot Object-level Image Customization" (CVPR 2024). The model is our diffusers port of
-the official one (`editors.anydoor_pipeline`), loaded from a folder written once by
+the official one (`editors.anydoor.pipeline`), loaded from a folder written once by
 `python -m editors convert-anydoor CKPT OUT_DIR` from the official checkpoint (default folder `models/anydoor`,
 or `ANYV2V_ANYDOOR_MODEL`, or `--model`). The subject's mask comes from, in order: an uploaded subject mask, the
-reference's transparency (an RGBA cut-out), or rembg with a local model file (`editors.masks`). The target region
+reference's transparency (an RGBA cut-out), or rembg with a local model file (`editors.anydoor.masks`). The target region
 is painted on the frame in the app, or given as `--mask M.png` / `--box x0,y0,x1,y1` in frame pixels. Region mode
 "box" (default, as the official demo) marks the region's bounding box for the model; "shape" (the demo's shape
 control) marks the painted shape itself.
@@ -24,7 +24,7 @@ from PIL import Image
 from anyv2v.backbone import looks_like_path
 from anyv2v.errors import ModelLoadError
 
-from .base import Editor, EditorError, EditorInput, Progress, as_mask, missing_model_message, resolve_torch_device
+from ..base import Editor, EditorError, EditorInput, Progress, as_mask, missing_model_message, resolve_torch_device
 from .masks import SubjectMasker
 
 ORDER = 25  # after the other generative editors, before the manual upload
@@ -146,7 +146,7 @@ class AnyDoorEditor(Editor):
     # ---- inputs ---------------------------------------------------------------------------------------
 
     def target_region(self, frame: Image.Image, values: dict[str, Any]) -> np.ndarray:
-        from .anydoor_preprocess import box_from_text, box_mask, target_region
+        from .preprocess import box_from_text, box_mask, target_region
 
         mask, box = values.get("mask"), (values.get("box") or "").strip()
         if mask is not None and box:
@@ -166,7 +166,7 @@ class AnyDoorEditor(Editor):
         return region
 
     def reference_and_mask(self, values: dict[str, Any], progress: Progress) -> tuple[Image.Image, np.ndarray]:
-        from .anydoor_preprocess import fit_reference, subject_box
+        from .preprocess import fit_reference, subject_box
 
         reference: Image.Image = values["reference"]
         given = values.get("reference_mask")
@@ -210,7 +210,7 @@ class AnyDoorEditor(Editor):
     ) -> list[Image.Image]:
         import torch
 
-        from .anydoor_preprocess import paste_back, prepare_pair
+        from .preprocess import paste_back, prepare_pair
 
         model_id = self.resolve_model(model)
         self.check_available(model_id)  # before any work: the packages and the converted folder
@@ -244,15 +244,15 @@ class AnyDoorEditor(Editor):
     @classmethod
     def make_tiny_model(cls, directory: str | os.PathLike) -> Path:
         """A tiny random AnyDoor pipeline (real classes, tiny configs and sizes) saved as a converted folder."""
-        from .anydoor_pipeline import make_tiny_anydoor
+        from .pipeline import make_tiny_anydoor
 
         return make_tiny_anydoor(directory)
 
 
 def load_pipeline(model: str, torch_device: Any, torch_dtype: Any) -> Any:
     """The AnyDoor pipeline from a converted folder or hub id, with one clear error when it cannot load."""
-    from .anydoor_pipeline import load_anydoor_pipeline
-    from .instruct_pix2pix import _quiet_component_bars
+    from .pipeline import load_anydoor_pipeline
+    from ..instruct_pix2pix import _quiet_component_bars
 
     try:
         with _quiet_component_bars():

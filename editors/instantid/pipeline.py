@@ -23,9 +23,9 @@ from diffusers import ControlNetModel, StableDiffusionXLControlNetImg2ImgPipelin
 from anyv2v.backbone import looks_like_path
 from anyv2v.errors import ModelLoadError
 
-from .base import missing_model_message, resolve_torch_device
-from .instantid_convert import IDENTITYNET_DIR, IP_ADAPTER_FILE, check_instantid_folder
-from .instruct_pix2pix import _quiet_component_bars
+from ..base import missing_model_message, resolve_torch_device
+from .convert import IDENTITYNET_DIR, IP_ADAPTER_FILE, check_instantid_folder
+from ..instruct_pix2pix import _quiet_component_bars
 
 
 class IdentityNetFaceTokens:

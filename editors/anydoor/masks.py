@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import EditorError
+from ..base import EditorError
 
 REMBG_MODEL_ENV = "ANYV2V_REMBG_MODEL"
 REMBG_MODEL_URL = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/u2net.onnx"

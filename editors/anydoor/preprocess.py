@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .base import EditorError, quoted
+from ..base import EditorError, quoted
 
 REFERENCE_EXPAND = 1.2  # run_inference.py: the subject's box padded by 1.2x before squaring
 REGION_EXPAND = 1.1  # the target region's box grown 1.1x (training and run_inference.py)

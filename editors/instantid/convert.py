@@ -18,7 +18,7 @@ import torch
 
 from anyv2v.files import atomic_output
 
-from .base import EditorError, empty_target_dir, load_tensors_only, save_dir_atomically
+from ..base import EditorError, empty_target_dir, load_tensors_only, save_dir_atomically
 
 IP_ADAPTER_PICKLE = "ip-adapter.bin"
 IP_ADAPTER_FILE = "ip-adapter.safetensors"

@@ -10,7 +10,7 @@ Models (see README, "Identity editor (InstantID)"):
   made once from the hub repo `InstantX/InstantID` by `python -m editors convert-instantid`;
 - the SDXL base (`ANYV2V_SDXL_MODEL`; else an `sdxl/` folder inside the InstantID folder; else
   `stabilityai/stable-diffusion-xl-base-1.0`);
-- InsightFace antelopev2 for the faces (`ANYV2V_FACE_MODELS`; see `editors.faces`), non-commercial licence.
+- InsightFace antelopev2 for the faces (`ANYV2V_FACE_MODELS`; see `editors.instantid.faces`), non-commercial licence.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from PIL import Image
 
 from anyv2v.backbone import looks_like_path
 
-from .base import (
+from ..base import (
     Editor,
     EditorError,
     EditorInput,
@@ -48,7 +48,7 @@ from .faces import (
     face_number_at,
     load_face_analyzer,
 )
-from .instantid_convert import (
+from .convert import (
     IDENTITYNET_DIR,
     IP_ADAPTER_FILE,
     check_instantid_folder,
@@ -315,7 +315,7 @@ class InstantIDEditor(Editor):
 
 
 def _load(folder: Path, base: str, device: str | None, dtype: str | None) -> Any:
-    from .instantid_pipeline import load_instantid_pipeline
+    from .pipeline import load_instantid_pipeline
 
     return load_instantid_pipeline(folder, base, device, dtype)
 

@@ -4,7 +4,7 @@ The official model (`ali-vilab/AnyDoor`, `cldm/cldm.py`, `configs/anydoor.yaml`)
 diffusion model (epsilon prediction, cross-attention width 1024, linear transformer projections) with no text
 encoder. Its condition is the reference subject seen by DINOv2 ViT-g/14 (the CLS token and the patch tokens,
 layer-normed: 257 tokens of 1536 at 224 px) through a trained `Linear(1536 -> 1024)`; the unconditional branch is
-DINOv2 of an all-zero image. Its ControlNet takes a 4-channel hint (the collage, see `anydoor_preprocess`) and never
+DINOv2 of an all-zero image. Its ControlNet takes a 4-channel hint (the collage, see `editors.anydoor.preprocess`) and never
 sees the noisy latent ("skip the first layer" in `cldm.py`): in diffusers terms a `ControlNetModel` with
 `conditioning_channels=4` whose `conv_in` weight and bias are zero, so `conv_in(latent) + hint_embedding` is just
 the hint embedding. Sampling: DDIM, 50 steps, guidance 5, eta 0, with the same hint in both guidance branches
@@ -107,7 +107,7 @@ class AnyDoorImageProjector(ModelMixin, ConfigMixin):
 class AnyDoorPipeline(DiffusionPipeline):
     """Generates the `crop_size` target crop from a hint collage and a reference subject image.
 
-    Inputs are prepared by `editors.anydoor_preprocess.prepare_pair`: `hint` is (B, 4, crop, crop) in [-1, 1] (the
+    Inputs are prepared by `editors.anydoor.preprocess.prepare_pair`: `hint` is (B, 4, crop, crop) in [-1, 1] (the
     mask channel in {-1, 0, 1}), `reference` is (B, 3, encoder, encoder) in [0, 1]. Returns uint8 HWC crops.
     """
 
@@ -302,7 +302,7 @@ def zero_conv_in(controlnet: ControlNetModel) -> ControlNetModel:
 
 def make_tiny_anydoor(directory: str | os.PathLike, seed: int = 0) -> Path:
     """Save a tiny random `AnyDoorPipeline` (real classes, tiny configs: 64 px crops, 28 px DINOv2 input)."""
-    from .base import empty_target_dir, save_dir_atomically
+    from ..base import empty_target_dir, save_dir_atomically
 
     out = empty_target_dir(directory)
     state = torch.random.get_rng_state()

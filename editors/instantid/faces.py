@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import EditorError
+from ..base import EditorError
 
 ANALYZER_ENV = "ANYV2V_FACE_ANALYZER"
 MODELS_ENV = "ANYV2V_FACE_MODELS"
