@@ -92,7 +92,9 @@ def _whole_numbers(config: "EditConfig") -> "EditConfig":
 class EditConfig:
     """Settings of one AnyV2V edit. Field names match the CLI flags and the YAML keys."""
 
-    # backbone
+    # backbone: the video model (anyv2v.backbones: i2vgen-xl, seine) and its weights (hub id or local folder;
+    # for a backbone other than I2VGen-XL the I2VGen-XL default means "that backbone's own default")
+    backbone: str = "i2vgen-xl"
     model: str = DEFAULT_MODEL
     device: str | None = None  # None: cuda if available, else cpu
     dtype: str | None = None  # None: float16 on cuda, float32 on cpu
@@ -107,6 +109,7 @@ class EditConfig:
     keep_audio: bool = False
     # inversion
     inversion_steps: int = 500
+    inversion_save_steps: int | None = None  # SEINE: latents kept on this DDIM grid (None: inversion_steps // 2)
     seed: int = 8888
     cache_dir: str = field(default_factory=default_cache_dir)
     cache_max_gb: float = 20.0
@@ -158,13 +161,39 @@ class EditConfig:
             raise ConfigError(f"device={self.device!r} is not a device this engine runs on; use cpu, cuda or cuda:N.")
         _in_range("cache_max_gb", self.cache_max_gb, 0.0, MAX_CACHE_GB)
         _in_range("decode_chunk_size", self.decode_chunk_size, 1, 512)
-        if not self.model.strip():
+        from .backbones import NAMES
+
+        if self.backbone not in NAMES:
+            raise ConfigError(f"backbone={self.backbone!r} is not one of {', '.join(NAMES)}.")
+        if self.inversion_save_steps is not None and not 1 <= self.inversion_save_steps <= self.inversion_steps:
+            raise ConfigError(
+                f"inversion_save_steps={self.inversion_save_steps} must be between 1 and inversion_steps="
+                f"{self.inversion_steps} (or empty for half of them)."
+            )
+        if not self.model.strip() and self.backbone == "i2vgen-xl":
             raise ConfigError("model is empty; give a hub id (default ali-vilab/i2vgen-xl) or a local folder.")
         if not self.cache_dir.strip():
             raise ConfigError("cache_dir is empty; give a folder for the inversion cache.")
         if self.memory not in MEMORY_MODES:
             raise ConfigError(f"memory={self.memory!r} is not one of {', '.join(MEMORY_MODES)}.")
         return self
+
+    @classmethod
+    def for_backbone(cls, name: str, **changes: Any) -> "EditConfig":
+        """The defaults of backbone `name` (its `defaults` over ours), then `changes`."""
+        from .backbones import backbone_class
+
+        return cls(**{"backbone": name, **backbone_class(name).defaults, **changes})
+
+    def resolved_model(self) -> str:
+        """The weights to load: `model`, except that a backbone other than I2VGen-XL given I2VGen-XL's default
+        (or nothing) loads its own (its env var, e.g. ANYV2V_SEINE_MODEL, else its default)."""
+        from .backbones import backbone_class
+
+        cls = backbone_class(self.backbone)
+        if self.model.strip() and (self.model != DEFAULT_MODEL or cls.default_model == DEFAULT_MODEL):
+            return self.model
+        return cls.resolve_model("")
 
     def replace(self, **changes: Any) -> "EditConfig":
         return dataclasses.replace(self, **changes)
@@ -203,7 +232,10 @@ class EditConfig:
         if preset is not None and not isinstance(preset, str):
             raise ConfigError(f"config file {path}: preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
         if base is None:
-            base = preset_config(preset) if preset else cls()
+            backbone = data.get("backbone", "i2vgen-xl")
+            if not isinstance(backbone, str):
+                raise ConfigError(f"config file {path}: backbone must be text, got {backbone!r}.")
+            base = preset_config(preset, backbone) if preset else cls.for_backbone(backbone)
         bad_keys = [key for key in data if not isinstance(key, str)]
         if bad_keys:
             raise ConfigError(f"config file {path}: setting names must be text, got {bad_keys[0]!r}.")
@@ -221,7 +253,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(name: str) -> EditConfig:
+def preset_config(name: str, backbone: str = "i2vgen-xl") -> EditConfig:
+    """A preset over the backbone's defaults."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    return EditConfig(**PRESETS[name])
+    return EditConfig.for_backbone(backbone, **PRESETS[name])

@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention import FeedForward
+from diffusers.models.attention import AttentionMixin, FeedForward
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
@@ -224,6 +224,19 @@ class BasicTransformerBlock(nn.Module):
         self.attn_temp = TemporalAttention(dim, heads, dim_head)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn="geglu")
+        self._chunk_size: int | None = None  # rows of dim 0 per feed-forward chunk (bounded memory), as diffusers'
+
+    def set_chunk_feed_forward(self, chunk_size: int | None, dim: int = 0) -> None:
+        if dim != 0:
+            raise ValueError("SEINE's feed-forward is chunked along dim 0 only")
+        self._chunk_size = chunk_size
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._chunk_size is None:
+            return self.ff(x)
+        if x.shape[0] % self._chunk_size:
+            raise ValueError(f"feed-forward chunk {self._chunk_size} does not divide {x.shape[0]} rows")
+        return torch.cat([self.ff(part) for part in x.split(self._chunk_size)])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, frames: int) -> torch.Tensor:
         # x: [(B F), HW, C], batch-major; context: [(B F), L, D]
@@ -233,7 +246,7 @@ class BasicTransformerBlock(nn.Module):
         t = x.reshape(bf // frames, frames, pixels, channels).transpose(1, 2).reshape(-1, frames, channels)
         t = self.attn_temp(self.norm_temp(t)) + t  # [(B HW), F, C], batch-major
         x = t.reshape(bf // frames, pixels, frames, channels).transpose(1, 2).reshape(bf, pixels, channels)
-        return self.ff(self.norm3(x)) + x
+        return self._feed_forward(self.norm3(x)) + x
 
 
 class Transformer3DModel(nn.Module):
@@ -334,7 +347,7 @@ class MidBlock3D(nn.Module):
         return self.resnets[1](x, temb)
 
 
-class SeineUNet3D(ModelMixin, ConfigMixin):
+class SeineUNet3D(ModelMixin, AttentionMixin, ConfigMixin):
     """SEINE's UNet: [B, 9, F, h, w] latents + mask + masked-video latents, timestep, text [B, 77, D] -> eps."""
 
     config_name = "config.json"
@@ -386,6 +399,11 @@ class SeineUNet3D(ModelMixin, ConfigMixin):
             )
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, channels[0], eps=norm_eps)
         self.conv_out = InflatedConv(channels[0], out_channels, kernel_size=3, padding=1)
+
+    def disable_forward_chunking(self) -> None:
+        for module in self.modules():
+            if isinstance(module, BasicTransformerBlock):
+                module.set_chunk_feed_forward(None)
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         up_factor = 2 ** (len(self.up_blocks) - 1)
