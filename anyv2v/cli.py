@@ -76,28 +76,25 @@ def _add_config_flags(parser: argparse.ArgumentParser, sampling: bool = True) ->
         group.add_argument("--keep-audio", action="store_true", default=None, help="keep the source audio, trimmed")
 
 
-def _chosen_backbone(args: argparse.Namespace) -> str:
-    """--backbone, else the --config file's `backbone:` (read again, with its errors, by load_yaml), else the default."""
-    if getattr(args, "backbone", None):
-        return args.backbone
-    if args.config:
-        import yaml
+def _file_backbone(path: str | None) -> str | None:
+    """The `backbone:` of a --config file, if it reads as one (load_yaml reports a bad file)."""
+    import yaml
 
-        try:
-            data = yaml.safe_load(open(args.config).read())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            return DEFAULT_BACKBONE
-        if isinstance(data, dict) and isinstance(data.get("backbone"), str):
-            return data["backbone"]
-    return DEFAULT_BACKBONE
+    try:
+        data = yaml.safe_load(open(path).read()) if path else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    value = data.get("backbone") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def config_from_args(args: argparse.Namespace) -> EditConfig:
     # Precedence: defaults < the backbone's defaults < --preset (or the file's preset:) < the --config file < flags.
-    backbone = _chosen_backbone(args)
+    flag = getattr(args, "backbone", None)
+    backbone = flag or _file_backbone(args.config) or DEFAULT_BACKBONE
     config = preset_config(args.preset, backbone) if args.preset else None
     if args.config:
-        config = EditConfig.load_yaml(args.config, base=config or EditConfig.for_backbone(backbone))
+        config = EditConfig.load_yaml(args.config, base=config, backbone=flag)
     config = config or EditConfig.for_backbone(backbone)
     changes: dict[str, Any] = {}
     for name in _OVERRIDES:

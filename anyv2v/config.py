@@ -215,8 +215,11 @@ class EditConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def load_yaml(cls, path: str | os.PathLike, base: "EditConfig | None" = None) -> "EditConfig":
-        """Settings from a YAML mapping, applied over `base` (else over the file's `preset:`, else the defaults)."""
+    def load_yaml(
+        cls, path: str | os.PathLike, base: "EditConfig | None" = None, backbone: str | None = None
+    ) -> "EditConfig":
+        """Settings from a YAML mapping, applied over `base` (else over the file's `preset:`, else the defaults),
+        the defaults being those of `backbone` (else of the file's `backbone:`, else I2VGen-XL's)."""
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
@@ -232,7 +235,7 @@ class EditConfig:
         if preset is not None and not isinstance(preset, str):
             raise ConfigError(f"config file {path}: preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
         if base is None:
-            backbone = data.get("backbone", "i2vgen-xl")
+            backbone = backbone or data.get("backbone", "i2vgen-xl")
             if not isinstance(backbone, str):
                 raise ConfigError(f"config file {path}: backbone must be text, got {backbone!r}.")
             base = preset_config(preset, backbone) if preset else cls.for_backbone(backbone)

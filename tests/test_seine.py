@@ -304,6 +304,10 @@ def test_yaml_backbone_gets_its_defaults_and_flags_win(tmp_path):
     config = config_from_args(build_parser().parse_args(["edit", "--video", "v", "--edited-frame", "e", "--prompt", "p",
                                                          "--config", str(path), "--guidance", "6"]))
     assert (config.backbone, config.steps, config.guidance, config.negative_prompt) == ("seine", 25, 6.0, "")
+    with_preset = config_from_args(build_parser().parse_args(["invert", "--video", "v", "--config", str(path), "--preset", "fast"]))
+    assert (with_preset.backbone, with_preset.inversion_steps, with_preset.guidance) == ("seine", 100, 4.0)
+    flag = config_from_args(build_parser().parse_args(["invert", "--video", "v", "--backbone", "seine"]))
+    assert (flag.guidance, flag.negative_prompt, flag.inversion_steps) == (4.0, "", 500)
     with pytest.raises(ConfigError, match="backbone='sora' is not one of i2vgen-xl, seine"):
         EditConfig.load_yaml(_write(tmp_path / "bad.yaml", "backbone: sora\n"))
 

@@ -45,6 +45,11 @@ from anyv2v.inversion import invert  # noqa: E402
 from anyv2v.sampler import SamplingSettings, sample  # noqa: E402
 
 KINDS = {"conv": "conv", "spatial": "spatial_attn", "temporal": "temporal_attn"}
+# How each harness names the injection kinds in its metadata, and whether it records the planned schedule.
+METADATA = {
+    "seine": {"events": KINDS, "scheduled": True},
+    "i2vgen-xl": {"events": {"conv": "Conv", "spatial": "Spa-Attn", "temporal": "Tmp-Attn"}, "scheduled": False},
+}
 
 
 def frames_as_reference(backbone, latents: torch.Tensor) -> torch.Tensor:
@@ -156,7 +161,8 @@ def run(args) -> int:
     # As the reference harness's metadata: {kind: {t: sites}} observed, and as the schedule plans it.
     sites = Counter(site.kind for site in backbone.injection_sites())
     schedule = InjectionSchedule.from_taus(config.steps, config.tau_conv, config.tau_sa, config.tau_ta)
-    events = {KINDS[k]: {str(t): len(v) for t, v in sorted(observed[k].items(), reverse=True)} for k in KINDS if observed[k]}
+    names = METADATA[backbone.name]["events"]
+    events = {names[k]: {str(t): len(v) for t, v in sorted(observed[k].items(), reverse=True)} for k in KINDS if observed[k]}
     scheduled = {
         KINDS[k]: {str(timesteps[i]): sites[k] for i in range(config.start_index, config.steps) if schedule.at(i).enabled(k)}
         for k in KINDS
@@ -168,8 +174,9 @@ def run(args) -> int:
     metadata = {
         "config": json.dumps({k: v for k, v in config.to_dict().items() if k not in ("cache_dir",)}),
         "injection_events": json.dumps(events),
-        "injection_scheduled": json.dumps(scheduled),
     }
+    if METADATA[backbone.name]["scheduled"]:
+        metadata["injection_scheduled"] = json.dumps(scheduled)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_file(out, args.out, metadata=metadata)
     print(f"wrote {args.out}: {len(out)} tensors ({len(inversion.timesteps)} inverted latents)")

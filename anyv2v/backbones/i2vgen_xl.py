@@ -35,7 +35,7 @@ class Backbone(VideoBackbone):
 
     name: ClassVar[str] = "i2vgen-xl"
     default_model: ClassVar[str] = "ali-vilab/i2vgen-xl"
-    model_env: ClassVar[str] = "ANYV2V_I2VGEN_XL_MODEL"
+    model_env: ClassVar[str] = "ANYV2V_MODEL"
     defaults: ClassVar[dict[str, Any]] = {}  # EditConfig's defaults are I2VGen-XL's (the paper's)
     batch_order: ClassVar[tuple[str, ...]] = ("source", "uncond", "cond")
     layout: ClassVar[str] = (
