@@ -8,9 +8,11 @@ from typing import Any
 
 import torch
 
+from .config import DEFAULT_BACKBONE
+
 
 def unet_flops_per_call(
-    unet_config: dict, frames: int, height: int, width: int, vae_scale: int = 8, backbone: str = "i2vgen-xl"
+    unet_config: dict, frames: int, height: int, width: int, vae_scale: int = 8, backbone: str = DEFAULT_BACKBONE
 ) -> int:
     """FLOPs of one batch-1 UNet forward at this clip size, counted on the meta device (no memory, no weights)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -27,7 +29,7 @@ def unet_flops_per_call(
 
 
 def model_flops_per_call(
-    model: str, frames: int, height: int, width: int, unet_config: dict | None = None, backbone: str = "i2vgen-xl"
+    model: str, frames: int, height: int, width: int, unet_config: dict | None = None, backbone: str = DEFAULT_BACKBONE
 ) -> int:
     """`unet_flops_per_call` for the model at `model` (hub id or folder; its UNet config file only is read)."""
     from .backbones import backbone_class
@@ -51,7 +53,7 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
     return {"kind": "process_max_rss", "bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
 
 
-def reference_unet_calls(inversion_steps: int, steps: int, backbone: str = "i2vgen-xl") -> dict[str, Any]:
+def reference_unet_calls(inversion_steps: int, steps: int, backbone: str = DEFAULT_BACKBONE) -> dict[str, Any]:
     """The official implementation's calls for the same settings (the backbone's `reference_unet_calls`; I2VGen-XL:
     every inversion step at batch 1, every sampling step at batch 3)."""
     from .backbones import backbone_class
@@ -128,7 +130,7 @@ def estimate_seconds(
     frames = int(frames or config.frames)
     if frames < 1:
         raise ValueError("estimate_seconds needs the frame count of a whole-clip edit (frames=...)")
-    backbone = getattr(config, "backbone", "i2vgen-xl")
+    backbone = config.backbone
     per_call = model_flops_per_call(config.resolved_model(), frames, config.height, config.width, unet_config, backbone)
     calls = predicted_unet_calls(config, cached_inversion)
     flops = edit_flops(calls, per_call)

@@ -215,28 +215,15 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import MID_SIZE_UNET, make_real_size_model, make_tiny_model
+    from .backbones import backbone_class
 
     if os.path.exists(args.dir) and os.listdir(args.dir) and not args.overwrite:
         raise AnyV2VError(f"{args.dir} is not empty; choose a new folder or pass --overwrite.")
-    if args.backbone == "seine":
-        if args.real_size or args.mid_size:
-            raise ConfigError("--real-size and --mid-size are I2VGen-XL models; drop them for --backbone seine.")
-        from .backbones.seine.tiny import make_tiny_seine
-
-        path = make_tiny_seine(args.dir, seed=args.seed)
-        print(f"wrote a tiny random SEINE (our converted layout) to {path}")
-        return 0
-    if args.real_size:
-        path = make_real_size_model(args.dir, seed=args.seed)
-        print(f"wrote a random-weight I2VGen-XL with the hub model's real configs (fp16) to {path}")
-        return 0
-    if args.mid_size:
-        path = make_tiny_model(args.dir, seed=args.seed, unet_config=MID_SIZE_UNET)
-        print(f"wrote a mid-size random I2VGen-XL (63 M parameter UNet) to {path}")
-        return 0
-    path = make_tiny_model(args.dir, seed=args.seed)
-    print(f"wrote a tiny random I2VGen-XL to {path}")
+    if args.real_size and args.mid_size:
+        raise ConfigError("choose one of --real-size and --mid-size.")
+    size = "real" if args.real_size else "mid" if args.mid_size else "tiny"
+    path, what = backbone_class(args.backbone).make_random_model(args.dir, args.seed, size)
+    print(f"wrote {what} to {path}")
     return 0
 
 

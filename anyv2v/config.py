@@ -15,6 +15,7 @@ import yaml
 from .errors import ConfigError
 
 DEFAULT_MODEL = "ali-vilab/i2vgen-xl"
+DEFAULT_BACKBONE = "i2vgen-xl"  # the video model (anyv2v.backbones) unless one is chosen
 DEFAULT_NEGATIVE_PROMPT = (
     "Distorted, discontinuous, Ugly, blurry, low resolution, motionless, static, disfigured, "
     "disconnected limbs, Ugly faces, incomplete arms"
@@ -94,7 +95,7 @@ class EditConfig:
 
     # backbone: the video model (anyv2v.backbones: i2vgen-xl, seine) and its weights (hub id or local folder;
     # for a backbone other than I2VGen-XL the I2VGen-XL default means "that backbone's own default")
-    backbone: str = "i2vgen-xl"
+    backbone: str = DEFAULT_BACKBONE
     model: str = DEFAULT_MODEL
     device: str | None = None  # None: cuda if available, else cpu
     dtype: str | None = None  # None: float16 on cuda, float32 on cpu
@@ -161,7 +162,7 @@ class EditConfig:
             raise ConfigError(f"device={self.device!r} is not a device this engine runs on; use cpu, cuda or cuda:N.")
         _in_range("cache_max_gb", self.cache_max_gb, 0.0, MAX_CACHE_GB)
         _in_range("decode_chunk_size", self.decode_chunk_size, 1, 512)
-        from .backbones import NAMES
+        from .backbones import NAMES, backbone_class
 
         if self.backbone not in NAMES:
             raise ConfigError(f"backbone={self.backbone!r} is not one of {', '.join(NAMES)}.")
@@ -170,7 +171,7 @@ class EditConfig:
                 f"inversion_save_steps={self.inversion_save_steps} must be between 1 and inversion_steps="
                 f"{self.inversion_steps} (or empty for half of them)."
             )
-        if not self.model.strip() and self.backbone == "i2vgen-xl":
+        if not self.model.strip() and backbone_class(self.backbone).default_model:  # SEINE: empty = its env var
             raise ConfigError("model is empty; give a hub id (default ali-vilab/i2vgen-xl) or a local folder.")
         if not self.cache_dir.strip():
             raise ConfigError("cache_dir is empty; give a folder for the inversion cache.")
@@ -235,7 +236,7 @@ class EditConfig:
         if preset is not None and not isinstance(preset, str):
             raise ConfigError(f"config file {path}: preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
         if base is None:
-            backbone = backbone or data.get("backbone", "i2vgen-xl")
+            backbone = backbone or data.get("backbone", DEFAULT_BACKBONE)
             if not isinstance(backbone, str):
                 raise ConfigError(f"config file {path}: backbone must be text, got {backbone!r}.")
             base = preset_config(preset, backbone) if preset else cls.for_backbone(backbone)
@@ -256,7 +257,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(name: str, backbone: str = "i2vgen-xl") -> EditConfig:
+def preset_config(name: str, backbone: str = DEFAULT_BACKBONE) -> EditConfig:
     """A preset over the backbone's defaults."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")

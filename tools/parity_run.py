@@ -45,16 +45,17 @@ from anyv2v.inversion import invert  # noqa: E402
 from anyv2v.sampler import SamplingSettings, sample  # noqa: E402
 
 KINDS = {"conv": "conv", "spatial": "spatial_attn", "temporal": "temporal_attn"}
-# How each harness names the injection kinds in its metadata, and whether it records the planned schedule.
+# How each harness names the injection kinds in its metadata, whether it records the planned schedule, and its
+# `frames`: uint8 [1, F, H, W, 3] pixels or float [1, F, 3, H, W] in [0, 1].
 METADATA = {
-    "seine": {"events": KINDS, "scheduled": True},
-    "i2vgen-xl": {"events": {"conv": "Conv", "spatial": "Spa-Attn", "temporal": "Tmp-Attn"}, "scheduled": False},
+    "seine": {"events": KINDS, "scheduled": True, "frames": "uint8"},
+    "i2vgen-xl": {"events": {"conv": "Conv", "spatial": "Spa-Attn", "temporal": "Tmp-Attn"}, "scheduled": False, "frames": "unit"},
 }
 
 
 def frames_as_reference(backbone, latents: torch.Tensor) -> torch.Tensor:
     """The `frames` tensor in the layout of this backbone's reference output."""
-    if backbone.name == "seine":
+    if METADATA[backbone.name]["frames"] == "uint8":  # the saved pixels, as the backbone decodes them
         import numpy as np
 
         return torch.from_numpy(np.stack([np.asarray(f) for f in backbone.decode(latents, chunk=latents.shape[2])]))[None]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from ..config import DEFAULT_BACKBONE
 from ..errors import ConfigError
-
-DEFAULT_BACKBONE = "i2vgen-xl"
 # name -> (module, class)
 BACKBONES = {
     "i2vgen-xl": ("anyv2v.backbones.i2vgen_xl", "Backbone"),

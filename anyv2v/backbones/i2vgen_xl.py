@@ -70,6 +70,18 @@ class Backbone(VideoBackbone):
         return DDIMPlan(self.scheduler_config)
 
     @classmethod
+    def make_random_model(cls, directory: str, seed: int = 0, size: str = "tiny") -> tuple[Any, str]:
+        """A random-weight model in our layout: "tiny" (tests, demos), "mid" (63 M UNet, CPU memory runs) or
+        "real" (the hub model's real configs, fp16). Returns (path, what it is)."""
+        from ..tiny import MID_SIZE_UNET, make_real_size_model, make_tiny_model
+
+        if size == "real":
+            return make_real_size_model(directory, seed=seed), "a random-weight I2VGen-XL with the hub model's real configs (fp16)"
+        if size == "mid":
+            return make_tiny_model(directory, seed=seed, unet_config=MID_SIZE_UNET), "a mid-size random I2VGen-XL (63 M parameter UNet)"
+        return make_tiny_model(directory, seed=seed), "a tiny random I2VGen-XL"
+
+    @classmethod
     def reference_unet_calls(cls, inversion_steps: int, steps: int) -> dict[str, Any]:
         """The official code: every inversion step at batch 1, every sampling step at batch 3."""
         return {"inversion": inversion_steps, "sampling": {"3": steps}}

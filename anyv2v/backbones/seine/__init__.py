@@ -236,6 +236,15 @@ class SeineBackbone(VideoBackbone):
         return SeinePlan(int(self.scheduler_config.get("num_train_timesteps", 1000)))
 
     @classmethod
+    def make_random_model(cls, directory: str, seed: int = 0, size: str = "tiny") -> tuple[Any, str]:
+        """A tiny random SEINE in our converted layout (the converter's writer); only "tiny" exists."""
+        if size != "tiny":
+            raise ConfigError(f"--{size}-size models are I2VGen-XL's; SEINE has a tiny random model only.")
+        from .tiny import make_tiny_seine
+
+        return make_tiny_seine(directory, seed=seed), "a tiny random SEINE (our converted layout)"
+
+    @classmethod
     def reference_unet_calls(cls, inversion_steps: int, steps: int) -> dict[str, Any]:
         """The official scripts: the inversion (batch 1) then a DDIM reconstruction of as many steps (batch 1,
         not used by the edit), and every DDPM step at batch 3."""
