@@ -240,6 +240,37 @@ def test_sequential_branches_equal_batched(seine, inverted):
     assert calls == Counter({1: 3 * STEPS})
 
 
+def test_chunked_feed_forward_and_sliced_attention_equal_plain_and_really_cut(seine):
+    from anyv2v.memory import chunked_feed_forward, sliced_attention
+
+    unet = seine.unet
+    x, text = torch.randn(1, 9, 4, 8, 8), torch.randn(1, 77, 32)
+    rows = Counter()
+    handles = [m.to_v.register_forward_hook(lambda mod, args, out, n=name: rows.update([n]))
+               for name, m in unet.named_modules() if hasattr(m, "set_processor")]
+    ff_calls = Counter()
+    handles += [m.ff.register_forward_hook(lambda *_: ff_calls.update(["ff"]))
+                for m in unet.modules() if hasattr(m, "set_chunk_feed_forward")]
+    processors = unet.attn_processors
+    try:
+        with torch.no_grad():
+            plain = unet(x, torch.tensor(300), text)
+            plain_rows, plain_ff = Counter(rows), ff_calls["ff"]
+            rows.clear()
+            with chunked_feed_forward(unet, max_tokens=16), sliced_attention(unet, max_tokens=16):
+                cut = unet(x, torch.tensor(300), text)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(cut, plain, rtol=1e-5, atol=1e-5)
+    temporal = "down_blocks.0.attentions.0.transformer_blocks.0.attn_temp"
+    spatial = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    assert plain_rows[temporal] == 1 and rows[temporal] == 64 // 4  # (64 pixels, 4 frames): 4 rows a slice
+    assert plain_rows[spatial] == 1 and rows[spatial] == 4  # (4 frames, 64 pixels): one frame a slice
+    assert ff_calls["ff"] - plain_ff > 2 * plain_ff  # 46 chunk calls for 16 blocks: one frame a chunk at 64 tokens
+    assert all(unet.attn_processors[name] is p for name, p in processors.items())
+
+
 # ---- end to end: calls per stage, the cache, the record -------------------------------------------------------
 
 

@@ -202,7 +202,11 @@ class TemporalAttention(Attention):
 
 
 class TemporalAttnProcessor:
-    """The default processor of `TemporalAttention` (plain: no injection, no slicing)."""
+    """The default processor of `TemporalAttention` (plain: no injection, no slicing). `sliceable`: the bounded
+    memory option may swap it for a slicing processor (anyv2v.memory.sliced_attention), which calls
+    `attend_with` with a token budget."""
+
+    sliceable = True
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         return attn.attend_with(hidden_states, encoder_hidden_states, attention_mask, temb)
