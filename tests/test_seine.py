@@ -435,13 +435,19 @@ def test_convert_seine_writes_a_folder_that_loads_the_same_weights(official_file
     root, sd, unet = official_files
     out = tmp_path / "converted"
     assert main(["convert-seine", "--checkpoint", str(root / "seine.pt"), "--sd", str(sd), str(out)]) == 0
-    assert not [p for p in tmp_path.iterdir() if p.name != "converted"]  # no partial folder left
+    assert [p.name for p in tmp_path.iterdir()] == ["converted"]  # no partial folder left
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))  # safetensors only
     loaded = load_backbone(str(out), "cpu", "float32", backbone="seine")
     for name, tensor in unet.state_dict().items():
         assert torch.equal(loaded.unet.state_dict()[name], tensor), name
     x, t, text = torch.randn(1, 9, 2, 8, 8), torch.tensor(300), torch.randn(1, 77, 32)
     assert torch.equal(loaded.unet(x, t, text), unet.eval()(x, t, text))
+    # Training arguments beside the weights (DiT-style checkpoints) are plain data: accepted.
+    import argparse
+
+    with_args = tmp_path / "with-args.pt"
+    torch.save({"ema": unet.state_dict(), "args": argparse.Namespace(lr=1e-4, model="UNet")}, with_args)
+    assert main(["convert-seine", "--checkpoint", str(with_args), "--sd", str(sd), str(tmp_path / "again")]) == 0
     # An existing non-empty output is never replaced.
     with pytest.raises(AnyV2VError, match="already exists"):
         from anyv2v.backbones.seine.convert import convert_seine
