@@ -46,7 +46,14 @@ def attention(
     query_key: QueryKey | None = None,
     max_tokens: int | None = None,
 ) -> torch.Tensor:
-    """One call of `attn` (a diffusers `Attention`); `query_key` computes Q and K, `max_tokens` slices dim 0."""
+    """One call of `attn` (a diffusers `Attention`); `query_key` computes Q and K, `max_tokens` slices dim 0.
+
+    A module with an attention of its own (e.g. SEINE's temporal attention: rotary Q/K, a position bias) gives
+    it as `attend_with`, which takes the same arguments.
+    """
+    own = getattr(attn, "attend_with", None)
+    if own is not None:
+        return own(hidden_states, encoder_hidden_states, attention_mask, temb, query_key=query_key, max_tokens=max_tokens)
     residual = hidden_states
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)

@@ -1,316 +1,33 @@
-"""I2VGen-XL components and our own conditioning (prompt, CLIP image embedding, first-frame latents).
+"""Loading video backbones by name, and keeping the loaded ones (the model code lives in `anyv2v.backbones`).
 
-diffusers' I2VGenXLPipeline is deprecated and its prompt encoding breaks with transformers 5, so the
-pipeline's conditioning is done here on top of the components.
+`Backbone` is the I2VGen-XL backbone (the default), kept importable here as before.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .device import dtype_name, resolve_device
-from .errors import ModelLoadError
+from .backbones import DEFAULT_BACKBONE, backbone_class
+from .backbones.base import Condition, VideoBackbone, cat_conditions, check_model_reference, looks_like_path, pil_to_tensor
+from .backbones.i2vgen_xl import Backbone, center_crop_wide, load_scheduler_config
+from .device import resolve_device
 
-COMPONENTS = ("unet", "vae", "text_encoder", "image_encoder", "tokenizer", "feature_extractor", "scheduler")
-
-
-@dataclass
-class Backbone:
-    """The loaded I2VGen-XL components plus where they run."""
-
-    model_id: str
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    image_encoder: Any
-    tokenizer: Any
-    feature_extractor: Any
-    scheduler_config: dict
-    device: torch.device
-    dtype: torch.dtype
-    cpu_offload: bool = False
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    def fingerprint(self) -> str:
-        """Identifies the weights for cache keys: the id/path plus the configs (and file stamps for folders)."""
-        parts: dict[str, Any] = {"model": self.model_id, "dtype": dtype_name(self.dtype)}
-        parts["unet_config"] = {k: v for k, v in self.unet.config.items() if not k.startswith("_")}
-        if os.path.isdir(self.model_id):
-            stamps = []
-            for path in sorted(Path(self.model_id).rglob("*.safetensors")):
-                stat = path.stat()
-                stamps.append((str(path.relative_to(self.model_id)), stat.st_size, int(stat.st_mtime)))
-            parts["files"] = stamps
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    @contextlib.contextmanager
-    def on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
-        """With CPU offload, move `modules` to the device for the block and back after it."""
-        if not self.cpu_offload:
-            yield
-            return
-        for module in modules:
-            module.to(self.device)
-        try:
-            yield
-        finally:
-            for module in modules:
-                module.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-
-    # ---- conditioning -------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def encode_prompt(self, texts: list[str]) -> torch.Tensor:
-        """CLIP text embedding as I2VGen-XL uses it: penultimate layer + final layer norm, 77 tokens."""
-        tokens = self.tokenizer(
-            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        )
-        with self.on_device(self.text_encoder):
-            out = self.text_encoder(tokens.input_ids.to(self.device), output_hidden_states=True)
-            text_model = getattr(self.text_encoder, "text_model", self.text_encoder)
-            embeds = text_model.final_layer_norm(out.hidden_states[-2])
-        return embeds.to(self.dtype)
-
-    def _clip_pixels(self, image: Image.Image) -> torch.Tensor:
-        # As the I2VGen-XL reference: center-crop a square of the working width, bilinear to CLIP's size.
-        crop = self.feature_extractor.crop_size
-        clip_w, clip_h = (crop, crop) if isinstance(crop, int) else (int(crop["width"]), int(crop["height"]))
-        square = center_crop_wide(image, (image.width, image.width))
-        square = square.resize((clip_w, clip_h), Image.Resampling.BILINEAR)
-        pixels = np.asarray(square.convert("RGB"), dtype=np.float32) / 255.0
-        mean = np.asarray(self.feature_extractor.image_mean, dtype=np.float32)
-        std = np.asarray(self.feature_extractor.image_std, dtype=np.float32)
-        pixels = (pixels - mean) / std
-        return torch.from_numpy(pixels).permute(2, 0, 1)[None]
-
-    @torch.no_grad()
-    def encode_image(self, image: Image.Image) -> torch.Tensor:
-        """CLIP image embedding of a conditioning frame, shape [1, 1, D]."""
-        with self.on_device(self.image_encoder):
-            pixels = self._clip_pixels(image).to(self.device, self.image_encoder.dtype)
-            embeds = self.image_encoder(pixels).image_embeds
-        return embeds[:, None].to(self.dtype)
-
-    @torch.no_grad()
-    def encode_frames(
-        self,
-        frames: list[Image.Image],
-        generator: torch.Generator,
-        chunk: int = 8,
-        compute_chunk: int | None = None,
-        progress: Callable[[str, int, int], None] | None = None,
-    ) -> torch.Tensor:
-        """VAE latents of frames, sampled and scaled: [1, C, F, H/8, W/8].
-
-        The noise is drawn per `chunk` frames (this fixes the random stream, hence the latents); the VAE runs
-        on `compute_chunk` frames at a time (default `chunk`), which bounds its memory without changing them.
-        """
-        pixels = torch.stack([pil_to_tensor(f) for f in frames])
-        compute_chunk = min(compute_chunk or chunk, chunk)
-        latents = []
-        with self.on_device(self.vae):
-            for start in range(0, len(frames), chunk):
-                group = pixels[start : start + chunk]
-                if compute_chunk >= len(group):
-                    dist = self.vae.encode(group.to(self.device, self.vae.dtype)).latent_dist
-                    sample = dist.sample(generator=generator)
-                else:
-                    # DiagonalGaussianDistribution.sample over the whole group, from per-part moments.
-                    from diffusers.utils.torch_utils import randn_tensor
-
-                    parts = [
-                        self.vae.encode(group[i : i + compute_chunk].to(self.device, self.vae.dtype)).latent_dist
-                        for i in range(0, len(group), compute_chunk)
-                    ]
-                    mean = torch.cat([part.mean for part in parts])
-                    std = torch.cat([part.std for part in parts])
-                    noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-                    sample = mean + std * noise
-                latents.append(sample * self.vae.config.scaling_factor)
-                if progress is not None and len(frames) > 1:
-                    progress("encode", min(start + chunk, len(frames)), len(frames))
-        video = torch.cat(latents)  # [F, C, h, w]
-        return video.permute(1, 0, 2, 3)[None].to(self.dtype)
-
-    @torch.no_grad()
-    def first_frame_latents(self, image: Image.Image, num_frames: int, seed: int) -> torch.Tensor:
-        """The UNet's image_latents: first-frame latent then F-1 constant position frames, [1, C, F, h, w].
-
-        A fresh generator per call keeps each conditioning latent a pure function of (frame, seed).
-        """
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latent = self.encode_frames([image], generator)  # [1, C, 1, h, w]
-        position = [torch.ones_like(latent) * ((i + 1) / (num_frames - 1)) for i in range(num_frames - 1)]
-        return torch.cat([latent, *position], dim=2)
-
-    @torch.no_grad()
-    def decode(
-        self, latents: torch.Tensor, chunk: int = 4, progress: Callable[[str, int, int], None] | None = None
-    ) -> list[Image.Image]:
-        """Decode [1, C, F, h, w] latents to RGB frames, `chunk` frames per VAE call (reports frames done)."""
-        latents = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
-        frames: list[Image.Image] = []
-        with self.on_device(self.vae):
-            for start in range(0, latents.shape[0], chunk):
-                images = self.vae.decode(latents[start : start + chunk].to(self.device, self.vae.dtype)).sample
-                images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                for image in images.permute(0, 2, 3, 1).cpu().numpy():
-                    frames.append(Image.fromarray(image))
-                if progress is not None:
-                    progress("decode", len(frames), latents.shape[0])
-        return frames
-
-    def unet_forward(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor | int,
-        text: torch.Tensor,
-        image_embeddings: torch.Tensor,
-        image_latents: torch.Tensor,
-        fps: int,
-    ) -> torch.Tensor:
-        batch = sample.shape[0]
-        fps_tensor = torch.tensor([fps] * batch, device=self.device)
-        return self.unet(
-            sample.to(self.device, self.dtype),
-            timestep,
-            fps=fps_tensor,
-            image_latents=image_latents.to(self.device, self.dtype),
-            image_embeddings=image_embeddings.to(self.device, self.dtype),
-            encoder_hidden_states=text.to(self.device, self.dtype),
-            return_dict=False,
-        )[0]
-
-
-def center_crop_wide(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """I2VGen-XL's crop: box-resize so the image covers `size` (integer-divided scale), then center crop."""
-    scale = min(image.width / size[0], image.height / size[1])
-    resized = image.resize((round(image.width // scale), round(image.height // scale)), resample=Image.Resampling.BOX)
-    x1 = (resized.width - size[0]) // 2
-    y1 = (resized.height - size[1]) // 2
-    return resized.crop((x1, y1, x1 + size[0], y1 + size[1]))
-
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL -> [3, H, W] float in [-1, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
-# ---- loading -----------------------------------------------------------------------------------------
-
-
-def looks_like_path(model: str) -> bool:
-    """True for what a user means as a local path; hub ids are 'owner/name' without extra slashes."""
-    return (
-        model.startswith((".", "/", "~"))
-        or model.count("/") > 1
-        or (os.sep != "/" and os.sep in model)
-        or model.endswith(".safetensors")
-        or os.path.isdir(model)
-    )
-
-
-def check_model_reference(model: str) -> None:
-    if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
-        raise ModelLoadError(f"model folder {model} does not exist; give a diffusers-format folder or a hub id.")
-
-
-def _from_pretrained(cls: Any, model: str, subfolder: str, **kwargs: Any) -> Any:
-    try:
-        return cls.from_pretrained(model, subfolder=subfolder, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise ModelLoadError(_load_message(model, subfolder, exc)) from None
-
-
-def _load_message(model: str, subfolder: str, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    where = "folder" if os.path.isdir(model) else "hub id"
-    if where == "hub id" and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return (
-            f"cannot load '{subfolder}' of {model}: HF_HUB_OFFLINE is set and it is not in the local Hugging Face "
-            "cache. Download it once with network access, or pass a local diffusers-format folder."
-        )
-    return (
-        f"cannot load '{subfolder}' of model {model} ({where}): {first[:200]}. "
-        "Check the model id or folder (a diffusers-format I2VGen-XL with unet/, vae/, text_encoder/, "
-        "image_encoder/, tokenizer/, feature_extractor/, scheduler/) and, for a hub id, the network."
-    )
-
-
-def load_scheduler_config(model: str) -> dict:
-    """The scheduler config alone (cheap): used to check settings before loading the weights."""
-    from diffusers import DDIMScheduler
-
-    check_model_reference(model)
-    return dict(_from_pretrained(DDIMScheduler, model, "scheduler").config)
+__all__ = [
+    "Backbone", "BackboneCache", "Condition", "VideoBackbone", "cat_conditions", "center_crop_wide",
+    "check_model_reference", "load_backbone", "load_scheduler_config", "looks_like_path", "pil_to_tensor",
+]
 
 
 def load_backbone(
-    model: str, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False
-) -> Backbone:
-    """Load I2VGen-XL from a hub id or a local diffusers-format folder (safetensors only)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
-    from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
-
-    check_model_reference(model)
-    torch_device, torch_dtype = resolve_device(device, dtype)
-    weights: dict[str, Any] = {"torch_dtype": torch_dtype, "use_safetensors": True}
-    # The hub repo ships fp16 weights as a variant; local folders may not have it.
-    variant = "fp16" if torch_dtype == torch.float16 and not os.path.isdir(model) else None
-
-    def load_weights(cls: Any, subfolder: str) -> Any:
-        if variant:
-            try:
-                return cls.from_pretrained(model, subfolder=subfolder, variant=variant, **weights)
-            except (OSError, ValueError, EnvironmentError):
-                pass  # no fp16 variant published: load the default weights and cast
-        return _from_pretrained(cls, model, subfolder, **weights)
-
-    unet = load_weights(I2VGenXLUNet, "unet")
-    vae = load_weights(AutoencoderKL, "vae")
-    text_encoder = load_weights(CLIPTextModel, "text_encoder")
-    image_encoder = load_weights(CLIPVisionModelWithProjection, "image_encoder")
-    tokenizer = _from_pretrained(CLIPTokenizer, model, "tokenizer")
-    feature_extractor = _from_pretrained(CLIPImageProcessor, model, "feature_extractor")
-    scheduler_config = dict(_from_pretrained(DDIMScheduler, model, "scheduler").config)
-    modules = (unet, vae, text_encoder, image_encoder)
-    for module in modules:
-        module.requires_grad_(False)
-        module.eval()
-        if not cpu_offload:
-            module.to(torch_device)
-    return Backbone(
-        model_id=model,
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        image_encoder=image_encoder,
-        tokenizer=tokenizer,
-        feature_extractor=feature_extractor,
-        scheduler_config=scheduler_config,
-        device=torch_device,
-        dtype=torch_dtype,
-        cpu_offload=cpu_offload and torch_device.type == "cuda",
-    )
+    model: str, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False,
+    backbone: str = DEFAULT_BACKBONE,
+) -> VideoBackbone:
+    """Load the `backbone` model from a hub id or a local folder (safetensors only)."""
+    return backbone_class(backbone).load(model, device, dtype, cpu_offload)
 
 
 class BackboneCache:
@@ -318,12 +35,17 @@ class BackboneCache:
 
     def __init__(self, max_entries: int = 1) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple, Backbone] = OrderedDict()
+        self._entries: OrderedDict[tuple, VideoBackbone] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model: str, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False) -> Backbone:
+    def get(
+        self, model: str, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False,
+        backbone: str = DEFAULT_BACKBONE,
+    ) -> VideoBackbone:
+        cls = backbone_class(backbone)
         torch_device, torch_dtype = resolve_device(device, dtype)
-        key = (os.path.abspath(model) if os.path.isdir(model) else model, str(torch_device), str(torch_dtype), cpu_offload)
+        path = os.path.abspath(model) if os.path.isdir(model) else model
+        key = (path, str(torch_device), str(torch_dtype), cpu_offload, backbone)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -332,9 +54,9 @@ class BackboneCache:
                 self._entries.popitem(last=False)  # free the old weights before loading new ones
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            backbone = load_backbone(model, device, dtype, cpu_offload)
-            self._entries[key] = backbone
-            return backbone
+            loaded = cls.load(model, device, dtype, cpu_offload)
+            self._entries[key] = loaded
+            return loaded
 
     def clear(self) -> None:
         with self._lock:

@@ -8,37 +8,35 @@ from typing import Any
 
 import torch
 
+from .config import DEFAULT_BACKBONE
 
-def unet_flops_per_call(unet_config: dict, frames: int, height: int, width: int, vae_scale: int = 8) -> int:
+
+def unet_flops_per_call(
+    unet_config: dict, frames: int, height: int, width: int, vae_scale: int = 8, backbone: str = DEFAULT_BACKBONE
+) -> int:
     """FLOPs of one batch-1 UNet forward at this clip size, counted on the meta device (no memory, no weights)."""
-    from diffusers import I2VGenXLUNet
     from torch.utils.flop_counter import FlopCounterMode
+
+    from .backbones import backbone_class
 
     config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
     h, w = height // vae_scale, width // vae_scale
     with torch.device("meta"):
-        unet = I2VGenXLUNet.from_config(config)
-        channels = unet.config.in_channels
-        cross = unet.config.cross_attention_dim
+        call = backbone_class(backbone).meta_unet_call(config, frames, h, w)
         with FlopCounterMode(display=False) as counter:
-            unet(
-                torch.empty(1, channels, frames, h, w),
-                torch.tensor(981),
-                fps=torch.tensor([8]),
-                image_latents=torch.empty(1, channels, frames, h, w),
-                image_embeddings=torch.empty(1, 1, cross),
-                encoder_hidden_states=torch.empty(1, 77, cross),
-            )
+            call()
     return int(counter.get_total_flops())
 
 
-def model_flops_per_call(model: str, frames: int, height: int, width: int, unet_config: dict | None = None) -> int:
+def model_flops_per_call(
+    model: str, frames: int, height: int, width: int, unet_config: dict | None = None, backbone: str = DEFAULT_BACKBONE
+) -> int:
     """`unet_flops_per_call` for the model at `model` (hub id or folder; its UNet config file only is read)."""
-    if unet_config is None:
-        from diffusers import I2VGenXLUNet
+    from .backbones import backbone_class
 
-        unet_config = dict(I2VGenXLUNet.load_config(model, subfolder="unet"))
-    return unet_flops_per_call(unet_config, frames, height, width)
+    if unet_config is None:
+        unet_config = backbone_class(backbone).read_unet_config(model)
+    return unet_flops_per_call(unet_config, frames, height, width, backbone=backbone)
 
 
 def edit_flops(unet_calls: dict[str, Any], flops_per_call: int) -> dict[str, int]:
@@ -55,9 +53,12 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
     return {"kind": "process_max_rss", "bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
 
 
-def reference_unet_calls(inversion_steps: int, steps: int) -> dict[str, Any]:
-    """The reference implementation's calls: every inversion step at batch 1, every sampling step at batch 3."""
-    return {"inversion": inversion_steps, "sampling": {"3": steps}}
+def reference_unet_calls(inversion_steps: int, steps: int, backbone: str = DEFAULT_BACKBONE) -> dict[str, Any]:
+    """The official implementation's calls for the same settings (the backbone's `reference_unet_calls`; I2VGen-XL:
+    every inversion step at batch 1, every sampling step at batch 3)."""
+    from .backbones import backbone_class
+
+    return backbone_class(backbone).reference_unet_calls(inversion_steps, steps)
 
 
 def predicted_unet_calls(config, cached_inversion: bool = False, sequential: bool = False) -> dict[str, Any]:
@@ -129,7 +130,8 @@ def estimate_seconds(
     frames = int(frames or config.frames)
     if frames < 1:
         raise ValueError("estimate_seconds needs the frame count of a whole-clip edit (frames=...)")
-    per_call = model_flops_per_call(config.model, frames, config.height, config.width, unet_config)
+    backbone = config.backbone
+    per_call = model_flops_per_call(config.resolved_model(), frames, config.height, config.width, unet_config, backbone)
     calls = predicted_unet_calls(config, cached_inversion)
     flops = edit_flops(calls, per_call)
     if throughput is None:

@@ -1,4 +1,4 @@
-"""`python -m anyv2v`: edit, invert, make-tiny-model, bench."""
+"""`python -m anyv2v`: edit, invert, make-tiny-model, convert-seine, bench."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import tempfile
 import warnings
 from typing import Any
 
+from .backbones import DEFAULT_BACKBONE, NAMES
 from .config import PRESETS, EditConfig, preset_config
 from .errors import OOM_ADVICE, AnyV2VError, ConfigError, quoted
 
 # CLI flag -> EditConfig field, for flags that override a config file or preset.
 _OVERRIDES = (
-    "model", "tau_conv", "tau_sa", "tau_ta", "start_index", "steps", "inversion_steps", "guidance",
+    "backbone", "inversion_save_steps", "model", "tau_conv", "tau_sa", "tau_ta", "start_index", "steps", "inversion_steps", "guidance",
     "negative_prompt", "random_ratio", "frames", "fps", "start_time", "seed", "device", "dtype",
     "cache_dir", "cache_max_gb", "resize_mode", "decode_chunk_size", "memory",
 )
@@ -32,7 +33,15 @@ def _size(text: str) -> tuple[int, int]:
 
 def _add_config_flags(parser: argparse.ArgumentParser, sampling: bool = True) -> None:
     group = parser.add_argument_group("settings (override --config and --preset)")
-    group.add_argument("--model", help="I2VGen-XL hub id or local diffusers folder (default ali-vilab/i2vgen-xl)")
+    group.add_argument(
+        "--backbone", choices=NAMES,
+        help="the video model: i2vgen-xl (default) or seine (its defaults: guidance 4, empty negative prompt)",
+    )
+    group.add_argument(
+        "--model",
+        help="the backbone's weights: I2VGen-XL hub id or local diffusers folder (default ali-vilab/i2vgen-xl); "
+        "SEINE: a folder from convert-seine (default $ANYV2V_SEINE_MODEL)",
+    )
     group.add_argument("--config", help="YAML file of settings")
     group.add_argument("--preset", choices=sorted(PRESETS), help="paper (500 inversion steps) or fast (100)")
     group.add_argument("--frames", type=int, help="frames to edit (default 16; 0 = the whole clip)")
@@ -41,6 +50,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, sampling: bool = True) ->
     group.add_argument("--size", type=_size, help="working size WxH (default 512x512)")
     group.add_argument("--resize-mode", choices=("crop", "keep_aspect"), help="crop (default) or keep_aspect")
     group.add_argument("--inversion-steps", type=int, help="DDIM inversion steps (default 500)")
+    group.add_argument(
+        "--inversion-save-steps", type=int, help="SEINE: the DDIM grid of kept latents (default half the inversion steps)"
+    )
     group.add_argument("--seed", type=int, help="random seed (default 8888)")
     group.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if present)")
     group.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default float16 on cuda, float32 on cpu")
@@ -64,12 +76,26 @@ def _add_config_flags(parser: argparse.ArgumentParser, sampling: bool = True) ->
         group.add_argument("--keep-audio", action="store_true", default=None, help="keep the source audio, trimmed")
 
 
+def _file_backbone(path: str | None) -> str | None:
+    """The `backbone:` of a --config file, if it reads as one (load_yaml reports a bad file)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(open(path).read()) if path else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    value = data.get("backbone") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def config_from_args(args: argparse.Namespace) -> EditConfig:
-    # Precedence: defaults < --preset (or the file's preset:) < the --config file < flags.
-    config = preset_config(args.preset) if args.preset else None
+    # Precedence: defaults < the backbone's defaults < --preset (or the file's preset:) < the --config file < flags.
+    flag = getattr(args, "backbone", None)
+    backbone = flag or _file_backbone(args.config) or DEFAULT_BACKBONE
+    config = preset_config(args.preset, backbone) if args.preset else None
     if args.config:
-        config = EditConfig.load_yaml(args.config, base=config)
-    config = config or EditConfig()
+        config = EditConfig.load_yaml(args.config, base=config, backbone=flag)
+    config = config or EditConfig.for_backbone(backbone)
     changes: dict[str, Any] = {}
     for name in _OVERRIDES:
         value = getattr(args, name, None)
@@ -157,23 +183,24 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def cmd_invert(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .backbone import load_scheduler_config
+    from .backbones import backbone_class
     from .cache import InversionCache
     from .device import oom_guard
     from .pipeline import BACKBONES, get_inversion, prepare_clip
-    from .schedule import check_inversion_steps
 
     config = config_from_args(args)
+    config = config.replace(model=config.resolved_model())
     if config.cache_max_gb <= 0:
         raise ConfigError("invert fills the cache; --cache-max-gb 0 disables it.")
     if args.steps is not None:
-        check_inversion_steps(load_scheduler_config(config.model), args.steps, config.inversion_steps)
+        plan = backbone_class(config.backbone).timestep_plan(config.model)
+        plan.check(args.steps, config.inversion_steps, config.inversion_save_steps)
     clip = prepare_clip(args.video, config)
     progress = TqdmProgress()
     calls: Counter = Counter()
     try:
         with oom_guard(OOM_ADVICE):
-            backbone = BACKBONES.get(config.model, config.device, config.dtype, config.cpu_offload)
+            backbone = BACKBONES.get(config.model, config.device, config.dtype, config.cpu_offload, config.backbone)
             cache = InversionCache(config.cache_dir, int(config.cache_max_gb * 2**30))
             # With --steps keep the latents that step count reads; without, every latent (serves any count).
             served = config.replace(steps=args.steps) if args.steps is not None else config
@@ -188,20 +215,23 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import MID_SIZE_UNET, make_real_size_model, make_tiny_model
+    from .backbones import backbone_class
 
     if os.path.exists(args.dir) and os.listdir(args.dir) and not args.overwrite:
         raise AnyV2VError(f"{args.dir} is not empty; choose a new folder or pass --overwrite.")
-    if args.real_size:
-        path = make_real_size_model(args.dir, seed=args.seed)
-        print(f"wrote a random-weight I2VGen-XL with the hub model's real configs (fp16) to {path}")
-        return 0
-    if args.mid_size:
-        path = make_tiny_model(args.dir, seed=args.seed, unet_config=MID_SIZE_UNET)
-        print(f"wrote a mid-size random I2VGen-XL (63 M parameter UNet) to {path}")
-        return 0
-    path = make_tiny_model(args.dir, seed=args.seed)
-    print(f"wrote a tiny random I2VGen-XL to {path}")
+    if args.real_size and args.mid_size:
+        raise ConfigError("choose one of --real-size and --mid-size.")
+    size = "real" if args.real_size else "mid" if args.mid_size else "tiny"
+    path, what = backbone_class(args.backbone).make_random_model(args.dir, args.seed, size)
+    print(f"wrote {what} to {path}")
+    return 0
+
+
+def cmd_convert_seine(args: argparse.Namespace) -> int:
+    from .backbones.seine.convert import convert_seine
+
+    path = convert_seine(args.checkpoint, args.sd, args.out_dir)
+    print(f"wrote {path} (SEINE UNet + SD-1.4 VAE, text encoder, tokenizer; load it with --backbone seine --model {path})")
     return 0
 
 
@@ -257,14 +287,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.cache_dir is None:
             config = config.replace(cache_dir=os.path.join(workdir, "cache"))  # measure a real inversion
         result = run_edit(args.video, args.edited_frame, args.prompt, config, os.path.join(workdir, "bench.mp4"))
-        backbone = BACKBONES.get(config.model, config.device, config.dtype, config.cpu_offload)
+        model = config.resolved_model()
+        backbone = BACKBONES.get(model, config.device, config.dtype, config.cpu_offload, config.backbone)
         width, height = result.size
-        per_call = unet_flops_per_call(dict(backbone.unet.config), result.frames, height, width, backbone.vae_scale_factor)
+        per_call = unet_flops_per_call(
+            dict(backbone.unet.config), result.frames, height, width, backbone.vae_scale_factor, config.backbone
+        )
         flops = edit_flops(result.unet_calls, per_call)
-        reference_calls = reference_unet_calls(config.inversion_steps, config.steps)
+        reference_calls = reference_unet_calls(config.inversion_steps, config.steps, config.backbone)
         reference = edit_flops(reference_calls, per_call)
         report = {
-            "model": config.model,
+            "backbone": config.backbone,
+            "model": model,
             "device": str(backbone.device),
             "device_name": torch_device_name(backbone.device),
             "dtype": str(backbone.dtype).removeprefix("torch."),
@@ -304,7 +338,9 @@ def torch_device_name(device) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m anyv2v", description="AnyV2V video editing on I2VGen-XL.")
+    parser = argparse.ArgumentParser(
+        prog="python -m anyv2v", description="AnyV2V video editing on I2VGen-XL or SEINE (--backbone)."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -326,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--steps", type=int, help="check the inversion serves this many sampling steps")
     inv.set_defaults(func=cmd_invert)
 
+    convert = sub.add_parser(
+        "convert-seine", help="convert the official SEINE checkpoint (seine.pt + SD-1.4) into a folder --backbone seine loads"
+    )
+    convert.add_argument("--checkpoint", required=True, help="seine.pt from the hub repo Vchitect/SEINE")
+    convert.add_argument("--sd", required=True, help="Stable Diffusion 1.4 folder (CompVis/stable-diffusion-v1-4)")
+    convert.add_argument("out_dir", help="new folder to write (must not exist, or be empty)")
+    convert.set_defaults(func=cmd_convert_seine)
+
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random I2VGen-XL (diffusers layout) for tests/demos")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
@@ -335,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="random weights with the hub model's real configs (1.42 B UNet, fp16, about 4.7 GB) for real-size bench runs",
     )
     tiny.add_argument("--mid-size", action="store_true", help="a 63 M parameter UNet for CPU memory measurements")
+    tiny.add_argument("--backbone", choices=NAMES, default=DEFAULT_BACKBONE, help="which video model (default i2vgen-xl)")
     tiny.set_defaults(func=cmd_make_tiny_model)
 
     bench = sub.add_parser("bench", help="run one edit and print UNet calls, FLOPs, seconds and peak memory as JSON")

@@ -15,6 +15,7 @@ import yaml
 from .errors import ConfigError, quoted
 
 DEFAULT_MODEL = "ali-vilab/i2vgen-xl"
+DEFAULT_BACKBONE = "i2vgen-xl"  # the video model (anyv2v.backbones) unless one is chosen
 DEFAULT_NEGATIVE_PROMPT = (
     "Distorted, discontinuous, Ugly, blurry, low resolution, motionless, static, disfigured, "
     "disconnected limbs, Ugly faces, incomplete arms"
@@ -92,7 +93,9 @@ def _whole_numbers(config: "EditConfig") -> "EditConfig":
 class EditConfig:
     """Settings of one AnyV2V edit. Field names match the CLI flags and the YAML keys."""
 
-    # backbone
+    # backbone: the video model (anyv2v.backbones: i2vgen-xl, seine) and its weights (hub id or local folder;
+    # for a backbone other than I2VGen-XL the I2VGen-XL default means "that backbone's own default")
+    backbone: str = DEFAULT_BACKBONE
     model: str = DEFAULT_MODEL
     device: str | None = None  # None: cuda if available, else cpu
     dtype: str | None = None  # None: float16 on cuda, float32 on cpu
@@ -107,6 +110,7 @@ class EditConfig:
     keep_audio: bool = False
     # inversion
     inversion_steps: int = 500
+    inversion_save_steps: int | None = None  # SEINE: latents kept on this DDIM grid (None: inversion_steps // 2)
     seed: int = 8888
     cache_dir: str = field(default_factory=default_cache_dir)
     cache_max_gb: float = 20.0
@@ -158,13 +162,39 @@ class EditConfig:
             raise ConfigError(f"device={quoted(self.device)} is not a device this engine runs on; use cpu, cuda or cuda:N.")
         _in_range("cache_max_gb", self.cache_max_gb, 0.0, MAX_CACHE_GB)
         _in_range("decode_chunk_size", self.decode_chunk_size, 1, 512)
-        if not self.model.strip():
+        from .backbones import NAMES, backbone_class
+
+        if self.backbone not in NAMES:
+            raise ConfigError(f"backbone={quoted(self.backbone)} is not one of {', '.join(NAMES)}.")
+        if self.inversion_save_steps is not None and not 1 <= self.inversion_save_steps <= self.inversion_steps:
+            raise ConfigError(
+                f"inversion_save_steps={self.inversion_save_steps} must be between 1 and inversion_steps="
+                f"{self.inversion_steps} (or empty for half of them)."
+            )
+        if not self.model.strip() and backbone_class(self.backbone).default_model:  # SEINE: empty = its env var
             raise ConfigError("model is empty; give a hub id (default ali-vilab/i2vgen-xl) or a local folder.")
         if not self.cache_dir.strip():
             raise ConfigError("cache_dir is empty; give a folder for the inversion cache.")
         if self.memory not in MEMORY_MODES:
             raise ConfigError(f"memory={quoted(self.memory)} is not one of {', '.join(MEMORY_MODES)}.")
         return self
+
+    @classmethod
+    def for_backbone(cls, name: str, **changes: Any) -> "EditConfig":
+        """The defaults of backbone `name` (its `defaults` over ours), then `changes`."""
+        from .backbones import backbone_class
+
+        return cls(**{"backbone": name, **backbone_class(name).defaults, **changes})
+
+    def resolved_model(self) -> str:
+        """The weights to load: `model`, except that a backbone other than I2VGen-XL given I2VGen-XL's default
+        (or nothing) loads its own (its env var, e.g. ANYV2V_SEINE_MODEL, else its default)."""
+        from .backbones import backbone_class
+
+        cls = backbone_class(self.backbone)
+        if self.model.strip() and (self.model != DEFAULT_MODEL or cls.default_model == DEFAULT_MODEL):
+            return self.model
+        return cls.resolve_model("")
 
     def replace(self, **changes: Any) -> "EditConfig":
         return dataclasses.replace(self, **changes)
@@ -186,8 +216,11 @@ class EditConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def load_yaml(cls, path: str | os.PathLike, base: "EditConfig | None" = None) -> "EditConfig":
-        """Settings from a YAML mapping, applied over `base` (else over the file's `preset:`, else the defaults)."""
+    def load_yaml(
+        cls, path: str | os.PathLike, base: "EditConfig | None" = None, backbone: str | None = None
+    ) -> "EditConfig":
+        """Settings from a YAML mapping, applied over `base` (else over the file's `preset:`, else the defaults),
+        the defaults being those of `backbone` (else of the file's `backbone:`, else I2VGen-XL's)."""
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
@@ -203,7 +236,10 @@ class EditConfig:
         if preset is not None and not isinstance(preset, str):
             raise ConfigError(f"config file {path}: preset must be one of {', '.join(PRESETS)}, got {quoted(preset)}.")
         if base is None:
-            base = preset_config(preset) if preset else cls()
+            backbone = backbone or data.get("backbone", DEFAULT_BACKBONE)
+            if not isinstance(backbone, str):
+                raise ConfigError(f"config file {path}: backbone must be text, got {quoted(backbone)}.")
+            base = preset_config(preset, backbone) if preset else cls.for_backbone(backbone)
         bad_keys = [key for key in data if not isinstance(key, str)]
         if bad_keys:
             raise ConfigError(f"config file {path}: setting names must be text, got {quoted(bad_keys[0])}.")
@@ -221,7 +257,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(name: str) -> EditConfig:
+def preset_config(name: str, backbone: str = DEFAULT_BACKBONE) -> EditConfig:
+    """A preset over the backbone's defaults."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {quoted(name)}; choose one of {', '.join(PRESETS)}.")
-    return EditConfig(**PRESETS[name])
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return EditConfig.for_backbone(backbone, **PRESETS[name])

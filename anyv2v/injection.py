@@ -170,21 +170,20 @@ def decoder_layer(unet: torch.nn.Module, layer: int) -> tuple[int, int]:
     return layer // per_block, layer % per_block
 
 
-def injection_sites(unet: torch.nn.Module) -> list[Site]:
+def injection_sites(unet: torch.nn.Module, paths: dict[str, str] | None = None) -> list[Site]:
+    """The conv site (decoder layer 4) and the spatial/temporal self-attention sites (layers 4..11); `paths`
+    says where each kind sits in an up block, {i} the layer's index in it (a backbone's `SITE_PATHS`; default
+    I2VGen-XL's)."""
+    if paths is None:
+        from .backbones.i2vgen_xl import SITE_PATHS as paths
     sites = []
     for layer in CONV_LAYERS:
         block, index = decoder_layer(unet, layer)
-        sites.append(Site(f"conv.{layer}", "conv", layer, f"up_blocks.{block}.resnets.{index}.conv2"))
+        sites.append(Site(f"conv.{layer}", "conv", layer, f"up_blocks.{block}." + paths["conv"].format(i=index)))
     for layer in ATTENTION_LAYERS:
         block, index = decoder_layer(unet, layer)
-        sites.append(
-            Site(f"spatial.{layer}", "spatial", layer, f"up_blocks.{block}.attentions.{index}.transformer_blocks.0.attn1")
-        )
-        sites.append(
-            Site(
-                f"temporal.{layer}", "temporal", layer, f"up_blocks.{block}.temp_attentions.{index}.transformer_blocks.0.attn1"
-            )
-        )
+        for kind in ("spatial", "temporal"):
+            sites.append(Site(f"{kind}.{layer}", kind, layer, f"up_blocks.{block}." + paths[kind].format(i=index)))
     return sites
 
 
@@ -257,11 +256,14 @@ class FeatureInjector:
     processors are restored and the hook removed, leaving the UNet as it was.
     """
 
-    def __init__(self, unet: torch.nn.Module, probe: Probe | None = None, max_tokens: int | None = None) -> None:
+    def __init__(
+        self, unet: torch.nn.Module, probe: Probe | None = None, max_tokens: int | None = None,
+        sites: list[Site] | None = None,
+    ) -> None:
         self.unet = unet
         self.probe = probe
         self.max_tokens = max_tokens  # attention slices of at most this many tokens (sequential branches only)
-        self.sites = injection_sites(unet)
+        self.sites = sites if sites is not None else injection_sites(unet)  # default: I2VGen-XL's layout
         self.state: StepState | None = None
         self._saved_processors: list[tuple[torch.nn.Module, object]] = []
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []

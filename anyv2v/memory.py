@@ -113,14 +113,18 @@ def chunked_feed_forward(unet: torch.nn.Module, max_tokens: int = FF_CHUNK_TOKEN
 
 @contextlib.contextmanager
 def sliced_attention(unet: torch.nn.Module, max_tokens: int = ATTENTION_CHUNK_TOKENS) -> Iterator[None]:
-    """Every attention of `unet` that runs diffusers' AttnProcessor2_0 computes at most `max_tokens` tokens'
-    rows at a time (one row when a row is longer), for the block; other processors are left alone, and the
-    processors in place before are restored on exit (diffusers' `attn_processors` / `set_attn_processor`)."""
+    """Every attention of `unet` that runs diffusers' AttnProcessor2_0 (or a backbone's own processor marked
+    `sliceable`, whose module computes `anyv2v.attention.attention` through its `attend_with`) computes at most
+    `max_tokens` tokens' rows at a time (one row when a row is longer), for the block; other processors are left
+    alone, and the processors in place before are restored on exit (diffusers' `attn_processors` /
+    `set_attn_processor`)."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     saved = unet.attn_processors
     sliced = SlicedAttnProcessor(max_tokens)
-    unet.set_attn_processor({name: sliced if type(p) is AttnProcessor2_0 else p for name, p in saved.items()})
+    unet.set_attn_processor(
+        {name: sliced if type(p) is AttnProcessor2_0 or getattr(p, "sliceable", False) else p for name, p in saved.items()}
+    )
     try:
         yield
     finally:

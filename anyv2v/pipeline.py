@@ -17,7 +17,9 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from . import __version__
-from .backbone import Backbone, BackboneCache, load_scheduler_config, looks_like_path
+from .backbone import BackboneCache, looks_like_path
+from .backbones import backbone_class
+from .backbones.base import VideoBackbone
 from .cache import Inversion, InversionCache, inversion_key
 from .config import EditConfig
 from .device import dtype_name, oom_guard, resolve_device
@@ -25,7 +27,6 @@ from .errors import OOM_ADVICE, AnyV2VError, OutputError
 from .inversion import ProgressCallback, StopCheck, check_stop, invert
 from .sampler import SamplingSettings, sample
 from .memory import MemoryPlan, plan_memory
-from .schedule import check_inversion_steps, inversion_timesteps_kept
 from .files import atomic_output, check_output_dir, derived_output_path
 from .video import (
     MAX_FRAMES, Clip, frame_fitter, load_image, prepare_edited_frame, read_video, write_video,
@@ -96,6 +97,7 @@ def inversion_settings(config: EditConfig, clip: PreparedClip) -> dict[str, Any]
     """Everything besides the frames and the model that the inversion depends on."""
     width, height = clip.size
     return {
+        "backbone": config.backbone,
         "width": width,
         "height": height,
         "frames": len(clip.frames),
@@ -106,7 +108,7 @@ def inversion_settings(config: EditConfig, clip: PreparedClip) -> dict[str, Any]
 
 
 def get_inversion(
-    backbone: Backbone,
+    backbone: VideoBackbone,
     clip: PreparedClip,
     config: EditConfig,
     cache: InversionCache,
@@ -128,8 +130,10 @@ def get_inversion(
     key = inversion_key(clip.frames, backbone.fingerprint(), {**settings, "dtype": dtype_name(backbone.dtype)})
     width, height = clip.size
     scale = backbone.vae_scale_factor
-    shape = (1, backbone.unet.config.in_channels, len(clip.frames), height // scale, width // scale)
-    keep = None if keep_all else inversion_timesteps_kept(backbone.scheduler_config, config.inversion_steps, config.steps)
+    shape = (1, backbone.latent_channels, len(clip.frames), height // scale, width // scale)
+    plan, save_steps = backbone.plan, config.inversion_save_steps
+    covered = plan.covers(config.steps, config.inversion_steps, save_steps)
+    keep = plan.needed(config.steps, config.inversion_steps, save_steps) if covered and not keep_all else None
     cached = cache.get(key, timesteps=keep, shape=shape, dtype=backbone.dtype)
     if cached is not None:
         if progress is not None:
@@ -161,7 +165,7 @@ def public_model_name(model: str) -> str:
     return model
 
 
-def choose_memory(backbone: Backbone, clip: PreparedClip, config: EditConfig) -> MemoryPlan:
+def choose_memory(backbone: VideoBackbone, clip: PreparedClip, config: EditConfig) -> MemoryPlan:
     """The memory options for this edit (config.memory: auto, on, off), with the estimate behind the choice."""
     width, height = clip.size
     return plan_memory(
@@ -223,9 +227,11 @@ def run_edit(
     if not isinstance(prompt, str) or not prompt.strip():
         raise AnyV2VError("the prompt is empty; describe the edited video (a caption, e.g. 'a dog turning its head').")
     resolve_device(config.device, config.dtype)  # an unknown or absent device fails before any work
+    config = config.replace(model=config.resolved_model())
     out_path = output_paths(out, overwrite, output_dir, source=video)
-    scheduler_config = load_scheduler_config(config.model)
-    check_inversion_steps(scheduler_config, config.steps, config.inversion_steps)
+    backbone_class(config.backbone).timestep_plan(config.model).check(
+        config.steps, config.inversion_steps, config.inversion_save_steps
+    )
 
     clip = prepared or prepare_clip(video, config)
     edited, notes = prepare_edit_image(edited_frame, clip, config)
@@ -234,7 +240,7 @@ def run_edit(
     check_stop(should_stop)
 
     with oom_guard(OOM_ADVICE):
-        backbone = backbones.get(config.model, config.device, config.dtype, config.cpu_offload)
+        backbone = backbones.get(config.model, config.device, config.dtype, config.cpu_offload, config.backbone)
         lap("load")
         memory = choose_memory(backbone, clip, config)
         cache = InversionCache(config.cache_dir, int(config.cache_max_gb * 2**30))

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .backbone import Backbone
+from .backbones.base import VideoBackbone, cat_conditions
 from .cache import Inversion
 from .injection import FeatureInjector, InjectionSchedule, Probe, SourceFeatures, StepState
 from .inversion import ProgressCallback, StopCheck, check_stop
 from .memory import MemoryPlan, memory_plugins
-from .schedule import make_scheduler
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,8 @@ class SamplingSettings:
     random_ratio: float
     fps: int
     seed: int
+    inversion_steps: int = 0  # which inverted latents exist (a backbone may start from the noisiest one)
+    inversion_save_steps: int | None = None
 
     @classmethod
     def from_config(cls, config, prompt: str) -> "SamplingSettings":
@@ -39,7 +40,7 @@ class SamplingSettings:
 
 @torch.no_grad()
 def sample(
-    backbone: Backbone,
+    backbone: VideoBackbone,
     inversion: Inversion,
     source_frame: Image.Image,
     edited_frame: Image.Image,
@@ -50,44 +51,50 @@ def sample(
     probe: Probe | None = None,
     keep_source_branch: bool = False,
     memory: MemoryPlan | None = None,
+    noise: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Return the edited video's latents [1, C, F, h, w].
 
-    Batch layout of each UNet call: [source, uncond, cond] (guidance > 1) or [source, cond] (guidance <= 1);
-    once no injection is active the source branch is dropped (unless `keep_source_branch`), which gives the
+    Batch layout of each UNet call: the backbone's `batch_order` (I2VGen-XL: [source, uncond, cond]), without
+    uncond when guidance <= 1; the source branch reads the inverted latent at `plan.source_timestep(t)`.
+    Once no injection is active the source branch is dropped (unless `keep_source_branch`), which gives the
     same result for less work. With `memory.sequential_branches` each branch is its own batch-1 call instead
     (source first, its injected features kept for that step only): the same result in a third of the memory.
+    A stochastic sampler (SEINE's DDPM) draws its per-step noise from a generator seeded by `settings.seed`,
+    or takes `noise` ({t: tensor}) when given.
     """
     sequential = memory is not None and memory.sequential_branches
-    scheduler = make_scheduler(backbone.scheduler_config, inverse=False)
-    scheduler.set_timesteps(settings.steps)
+    scheduler = backbone.sampling_scheduler(settings.steps, settings.seed, noise)
     timesteps = scheduler.timesteps
+    plan = backbone.plan
     schedule = InjectionSchedule.from_taus(settings.steps, settings.tau_conv, settings.tau_sa, settings.tau_ta)
-    num_frames = inversion.at(int(timesteps[settings.start_index])).shape[2]
+    start = plan.start_timestep(
+        [int(t) for t in timesteps], settings.start_index, settings.inversion_steps, settings.inversion_save_steps
+    )
+    num_frames = inversion.at(start).shape[2]
     use_guidance = settings.guidance > 1.0
 
     # Conditioning of each branch. The source branch repeats the inversion's conditioning.
-    source_text, uncond_text, cond_text = backbone.encode_prompt(["", settings.negative_prompt, settings.prompt]).chunk(3)
-    source_image = backbone.encode_image(source_frame)
-    edited_image = backbone.encode_image(edited_frame)
-    source_latents = backbone.first_frame_latents(source_frame, num_frames, settings.seed)
-    edited_latents = backbone.first_frame_latents(edited_frame, num_frames, settings.seed)
-    edit_text = [uncond_text, cond_text] if use_guidance else [cond_text]
-    edit_image = [torch.zeros_like(edited_image), edited_image] if use_guidance else [edited_image]
-    edit_image_latents = [edited_latents] * len(edit_text)
-    edit_names = ("uncond", "cond") if use_guidance else ("cond",)
+    conditions = backbone.sampling_conditions(
+        source_frame, edited_frame, settings.prompt, settings.negative_prompt, num_frames, settings.seed, settings.fps
+    )
+    edit_names = tuple(name for name in backbone.batch_order if name != "source" and (use_guidance or name == "cond"))
+    source_condition = conditions["source"]
 
-    latents = inversion.at(int(timesteps[settings.start_index])).to(backbone.device, backbone.dtype)
+    latents = inversion.at(start).to(backbone.device, backbone.dtype)
     if settings.random_ratio > 0:
         generator = torch.Generator("cpu").manual_seed(settings.seed)
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)
-        latents = (1 - settings.random_ratio) * latents + settings.random_ratio * noise
+        fresh = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)
+        latents = (1 - settings.random_ratio) * latents + settings.random_ratio * fresh
 
     total = settings.steps - settings.start_index
     with (
         backbone.on_device(backbone.unet),
         memory_plugins(backbone.unet, memory),
-        FeatureInjector(backbone.unet, probe=probe, max_tokens=memory.attention_tokens if memory else None) as injector,
+        FeatureInjector(
+            backbone.unet, probe=probe, max_tokens=memory.attention_tokens if memory else None,
+            sites=backbone.injection_sites(),
+        ) as injector,
     ):
         for done, step_index in enumerate(range(settings.start_index, settings.steps)):
             check_stop(should_stop)
@@ -95,53 +102,47 @@ def sample(
             injection = schedule.at(step_index)
             with_source = injection.any or keep_source_branch
 
-            def source_branch():
-                return inversion.at(int(t)).to(backbone.device, backbone.dtype), source_text, source_image, source_latents
+            def source_latents():
+                return inversion.at(plan.source_timestep(int(t))).to(backbone.device, backbone.dtype)
 
             if sequential:
                 features = SourceFeatures(step_index)
                 if with_source:
                     state = StepState(step_index, 1, True, injection, "capture", features, ("source",))
                     with injector.step(state):
-                        sample_, text_, image_, image_latents_ = source_branch()
-                        backbone.unet_forward(sample_, t, text_, image_, image_latents_, settings.fps)  # output unused
+                        backbone.forward(source_latents(), t, source_condition)  # output unused
                     if unet_calls is not None:
                         unet_calls[1] += 1
-                outputs = []
-                for name, text, image, image_latents in zip(edit_names, edit_text, edit_image, edit_image_latents):
+                outputs = {}
+                for name in edit_names:
                     role = "inject" if injection.any else "batched"
                     state = StepState(step_index, 1, False, injection, role, features, (name,))
                     with injector.step(state):
-                        outputs.append(backbone.unet_forward(latents, t, text, image, image_latents, settings.fps))
+                        outputs[name] = backbone.forward(latents, t, conditions[name])
                     if unet_calls is not None:
                         unet_calls[1] += 1
                 del features  # the source features live for this step only
-                edit_output = torch.cat(outputs)
             else:
-                inputs = [latents] * len(edit_text)
-                text, image, image_latents = list(edit_text), list(edit_image), list(edit_image_latents)
+                inputs = [latents] * len(edit_names)
+                branch_conditions = [conditions[name] for name in edit_names]
                 names = edit_names
                 if with_source:
-                    source = source_branch()
-                    inputs.insert(0, source[0])
-                    text.insert(0, source[1])
-                    image.insert(0, source[2])
-                    image_latents.insert(0, source[3])
+                    inputs.insert(0, source_latents())
+                    branch_conditions.insert(0, source_condition)
                     names = ("source", *names)
                 state = StepState(step_index, len(inputs), with_source, injection, names=names)
                 with injector.step(state):
-                    output = backbone.unet_forward(
-                        torch.cat(inputs), t, torch.cat(text), torch.cat(image), torch.cat(image_latents), settings.fps
-                    )
+                    output = backbone.forward(torch.cat(inputs), t, cat_conditions(branch_conditions))
                 if unet_calls is not None:
                     unet_calls[len(inputs)] += 1
                 edit_output = output[1:] if with_source else output
+                outputs = dict(zip(edit_names, edit_output.chunk(len(edit_names))))
             if use_guidance:
-                uncond, cond = edit_output.chunk(2)
+                uncond, cond = outputs["uncond"], outputs["cond"]
                 model_output = uncond + settings.guidance * (cond - uncond)
             else:
-                model_output = edit_output
-            latents = scheduler.step(model_output, t, latents).prev_sample
+                model_output = outputs["cond"]
+            latents = scheduler.step(model_output, t, latents)
             if progress is not None:
                 progress("sampling", done + 1, total)
     return latents
