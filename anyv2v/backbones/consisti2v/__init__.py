@@ -146,11 +146,11 @@ class ConsistI2VBackbone(VideoBackbone):
         return make_tiny_consisti2v(directory, seed=seed), f"a tiny random ConsistI2V ({HUB_ID}'s layout)"
 
     @classmethod
-    def reference_unet_calls(cls, inversion_steps: int, steps: int) -> dict[str, Any]:
-        """The official scripts: the inversion (batch 1) then a DDIM reconstruction of `steps` steps (batch 1, not
-        used by the edit), and the edit's steps from the start index at batch 3. The engine's count of these
-        calls (one run) is the same numbers: here a start index of 0 (the caller gives the real start)."""
-        return {"inversion": inversion_steps + steps, "sampling": {"3": steps}}
+    def reference_unet_calls(cls, inversion_steps: int, steps: int, start_index: int = 0) -> dict[str, Any]:
+        """The official scripts: the inversion (batch 1), then a DDIM reconstruction of `steps` steps from the
+        noisiest latent (batch 1, not used by the edit), and the edit's steps from the start index at batch 3
+        (the source branch runs on every step, injected or not)."""
+        return {"inversion": inversion_steps + steps, "sampling": {"3": steps - start_index}}
 
     @classmethod
     def read_unet_config(cls, model: str) -> dict:

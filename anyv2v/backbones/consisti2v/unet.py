@@ -41,7 +41,7 @@ from torch import nn
 ROTARY_THETA = 10000.0
 TEMPORAL_RESNET_GROUPS = 32  # the official TemporalResnetBlock keeps its class default (not norm_num_groups)
 # The 3x3 first-frame window of a pixel, without the pixel itself (row-major order, as the reference's mask).
-NEIGHBOURS = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=torch.bool)
+NEIGHBOURS = [0, 1, 2, 3, 5, 6, 7, 8]
 # The configuration the released model runs with; the reference's other modes are not implemented here.
 SUPPORTED = {
     "first_frame_condition_mode": "concat",
@@ -245,7 +245,7 @@ class TransformerBlock(nn.Module):
         normed = self.norm1(x)
         first = normed.reshape(b, frames, hw, c)[:, 0].reshape(b, height, width, c).permute(0, 3, 1, 2)
         windows = F.pad(first, (1, 1, 1, 1), mode="replicate").unfold(2, 3, 1).unfold(3, 3, 1)  # [b, c, h, w, 3, 3]
-        neighbours = windows[:, :, :, :, NEIGHBOURS.to(windows.device)]  # [b, c, h, w, 8]
+        neighbours = windows.flatten(-2)[..., NEIGHBOURS]  # [b, c, h, w, 8]
         neighbours = neighbours.permute(0, 2, 3, 4, 1).reshape(b * hw, -1, c)
         rows = to_rows(normed)
         x = from_rows(self.attn1(rows, encoder_hidden_states=torch.cat([rows, neighbours], dim=1))) + x
