@@ -351,7 +351,10 @@ def load_consisti2v(model: str, device: str | None = None, dtype: str | None = N
                 f"{unet_dir} holds .bin pickles only; convert the folder once with `python -m anyv2v "
                 "convert-consisti2v FOLDER OUT_DIR` and load OUT_DIR."
             )
-        raise ModelLoadError(f"{weights} is missing: {_not_consisti2v(model)}")
+        raise ModelLoadError(
+            f"{weights} is missing: {_not_consisti2v(model)} (safetensors only; a copy with .bin weights converts "
+            "with `python -m anyv2v convert-consisti2v`)"
+        )
     try:
         config = dict(ConsistI2VUNet.load_config(str(unet_dir)))
         check_unet_config(config, model)
