@@ -156,7 +156,7 @@ class ConsistI2VBackbone(VideoBackbone):
     def read_unet_config(cls, model: str) -> dict:
         from .unet import ConsistI2VUNet
 
-        return dict(ConsistI2VUNet.load_config(str(Path(resolve_folder(model)) / "unet")))
+        return dict(ConsistI2VUNet.load_config(str(Path(resolve_folder(model, CONFIG_PATTERNS)) / "unet")))
 
     @classmethod
     def meta_unet_call(cls, config: dict, frames: int, h: int, w: int) -> Callable[[], Any]:
@@ -287,8 +287,13 @@ def _not_consisti2v(model: str) -> str:
     return f"{model} is not a ConsistI2V folder; give {LAYOUT} (the hub repo {HUB_ID} or a local copy)."
 
 
-def resolve_folder(model: str) -> str:
-    """The local folder of `model`: the folder itself, or the hub snapshot (downloaded unless HF_HUB_OFFLINE)."""
+WEIGHT_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
+CONFIG_PATTERNS = ["model_index.json", "scheduler/*.json", "unet/config.json"]
+
+
+def resolve_folder(model: str, patterns: list[str] = WEIGHT_PATTERNS) -> str:
+    """The local folder of `model`: the folder itself, or the hub snapshot of the files matching `patterns`
+    (downloaded unless HF_HUB_OFFLINE; the configs alone for checks made before loading)."""
     if not model:
         raise ModelLoadError(f"no ConsistI2V model given; pass --model {HUB_ID} or a local copy of it.")
     check_model_reference(model)
@@ -299,7 +304,7 @@ def resolve_folder(model: str) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(model, allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"])
+        return snapshot_download(model, allow_patterns=patterns)
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one line
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         reason = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache" if offline else (
@@ -310,7 +315,7 @@ def resolve_folder(model: str) -> str:
 
 def read_scheduler_config(model: str) -> dict:
     """The scheduler config of a ConsistI2V folder (cheap: checks the folder before loading weights)."""
-    path = Path(resolve_folder(model)) / "scheduler" / "scheduler_config.json"
+    path = Path(resolve_folder(model, CONFIG_PATTERNS)) / "scheduler" / "scheduler_config.json"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -86,7 +86,9 @@ class RotaryEmbedding(nn.Module):
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: [..., L, D]; positions: [L]. The first 2 * len(freqs) channels rotate, the rest pass."""
-        angles = (positions.to(self.freqs.dtype)[:, None] * self.freqs[None, :]).repeat_interleave(2, dim=-1).to(x)
+        # angles in float32 whatever the model's dtype (the official code computes them in the weights' dtype)
+        freqs = self.freqs.float()
+        angles = (positions.float()[:, None] * freqs[None, :]).repeat_interleave(2, dim=-1).to(x)
         dims = angles.shape[-1]
         part, rest = x[..., :dims], x[..., dims:]
         pairs = part.reshape(*part.shape[:-1], dims // 2, 2)
