@@ -348,6 +348,54 @@ def _write(path, text):
     return path
 
 
+def test_seine_model_env_var_names_the_default_folder(tiny_seine, monkeypatch):
+    monkeypatch.setenv("ANYV2V_SEINE_MODEL", str(tiny_seine))
+    assert EditConfig(backbone="seine").resolved_model() == str(tiny_seine)
+    assert EditConfig(backbone="seine", model="/elsewhere").resolved_model() == "/elsewhere"
+    assert EditConfig().resolved_model() == "ali-vilab/i2vgen-xl"  # I2VGen-XL's default is untouched
+
+
+def test_parity_runner_writes_the_reference_layout(tiny_seine, demo, tmp_path):
+    """tools/parity_run.py on a tiny case: the keys, shapes and dtypes of the official run's output."""
+    import importlib.util
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from anyv2v.pipeline import prepare_clip, prepare_edit_image
+
+    config = seine_config(tiny_seine, tmp_path / "cache")
+    clip = prepare_clip(demo / "kitten.mp4", config)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(clip.frames):
+        frame.save(frames / f"{i:05d}.png")
+    edited, _ = prepare_edit_image(demo / "edited" / "kitten__dog.png", clip, config)
+    edited.save(tmp_path / "edited.png")
+    spec = importlib.util.spec_from_file_location("parity_run", REPO / "tools" / "parity_run.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    noise = tmp_path / "noise.safetensors"
+    save_file({f"ddpm_noise.{t}": torch.zeros(1, 4, FRAMES, 8, 8) for t in ddpm_grid(STEPS)[:-1]}, noise)
+    base = ["--backbone", "seine", "--model", str(tiny_seine), "--frames-dir", str(frames), "--edited-frame",
+            str(tmp_path / "edited.png"), "--prompt", "a dog", "--inversion-steps", "20", "--steps", "10"]
+    assert runner.main([*base, "--out", str(tmp_path / "a.safetensors"), "--noise-from", str(noise)]) == 0
+    out = load_file(tmp_path / "a.safetensors")
+    assert out["frames"].dtype == torch.uint8 and out["frames"].shape == (1, FRAMES, SIZE, SIZE, 3)
+    assert out["edited_latents"].shape == (1, 4, FRAMES, 8, 8)
+    assert out["edit_timesteps"].tolist() == ddpm_grid(STEPS)
+    assert out["injection_timesteps.conv"].tolist() == [900, 800] == out["injection_timesteps.spatial_attn"].tolist()
+    assert out["injection_timesteps.temporal_attn"].tolist() == [900, 800, 700, 600, 500]
+    assert sorted(int(k.split(".")[1]) for k in out if k.startswith("inverted.")) == [t + 1 for t in reversed(ddpm_grid(STEPS))]
+    with safe_open(tmp_path / "a.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["injection_events"])["temporal_attn"] == {str(t): 8 for t in (900, 800, 700, 600, 500)}
+    assert json.loads(meta["injection_events"]) == json.loads(meta["injection_scheduled"])
+    # The supplied noise is used: the generator's noise gives another result.
+    assert runner.main([*base, "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert not torch.equal(load_file(tmp_path / "b.safetensors")["edited_latents"], out["edited_latents"])
+
+
 # ---- the converter ----------------------------------------------------------------------------------------------
 
 
@@ -387,13 +435,19 @@ def test_convert_seine_writes_a_folder_that_loads_the_same_weights(official_file
     root, sd, unet = official_files
     out = tmp_path / "converted"
     assert main(["convert-seine", "--checkpoint", str(root / "seine.pt"), "--sd", str(sd), str(out)]) == 0
-    assert not [p for p in tmp_path.iterdir() if p.name != "converted"]  # no partial folder left
+    assert [p.name for p in tmp_path.iterdir()] == ["converted"]  # no partial folder left
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))  # safetensors only
     loaded = load_backbone(str(out), "cpu", "float32", backbone="seine")
     for name, tensor in unet.state_dict().items():
         assert torch.equal(loaded.unet.state_dict()[name], tensor), name
     x, t, text = torch.randn(1, 9, 2, 8, 8), torch.tensor(300), torch.randn(1, 77, 32)
     assert torch.equal(loaded.unet(x, t, text), unet.eval()(x, t, text))
+    # Training arguments beside the weights (DiT-style checkpoints) are plain data: accepted.
+    import argparse
+
+    with_args = tmp_path / "with-args.pt"
+    torch.save({"ema": unet.state_dict(), "args": argparse.Namespace(lr=1e-4, model="UNet")}, with_args)
+    assert main(["convert-seine", "--checkpoint", str(with_args), "--sd", str(sd), str(tmp_path / "again")]) == 0
     # An existing non-empty output is never replaced.
     with pytest.raises(AnyV2VError, match="already exists"):
         from anyv2v.backbones.seine.convert import convert_seine

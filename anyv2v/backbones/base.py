@@ -4,9 +4,12 @@ A backbone is a class registered by name in `anyv2v.backbones` (`i2vgen-xl`, `se
 sampler, the cache, the injection plug-in and the memory options use only this interface:
 
 Before loading (class level, cheap): `name`, `default_model`, `model_env`, `defaults` (EditConfig values this
-model is meant to run with), `batch_order` (branch names of a sampling UNet call), `timestep_plan(model)`
+model is meant to run with), `batch_order` (branch names of a sampling UNet call, "source" first: the injection plug-in takes batch chunk 0 as
+the source branch), `timestep_plan(model)`
 (`TimestepPlan`: sampling and inversion grids, which inverted latents an edit reads, the check of a step count
-pair), `check_folder(model)` (a local folder of another backbone is refused with one line), `load(...)`.
+pair), `check_folder(model)` (a local folder of another backbone is refused with one line), `load(...)`,
+`make_random_model(dir, seed, size)` (random weights in our layout), and for `bench`: `reference_unet_calls`,
+`read_unet_config`, `meta_unet_call` (a batch-1 UNet call on the meta device, for FLOP counting).
 
 Loaded (instance): `unet`, `vae`, `device`, `dtype`, `model_id`, `plan`, `fingerprint()`, `on_device()`,
 `latent_channels`, `vae_scale_factor`, `encode_frames(...)` (the video latents), `inversion_condition(...)`,
@@ -124,6 +127,26 @@ class VideoBackbone:
     device: torch.device
     dtype: torch.dtype
     cpu_offload: bool
+
+    # ---- declared by each backbone (see the module docstring) ---------------------------------------------
+
+    @classmethod
+    def load(cls, model: str, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False):
+        raise NotImplementedError
+
+    @classmethod
+    def timestep_plan(cls, model: str) -> "TimestepPlan":
+        raise NotImplementedError
+
+    @classmethod
+    def make_random_model(cls, directory: str, seed: int = 0, size: str = "tiny") -> tuple[Any, str]:
+        raise NotImplementedError
+
+    @classmethod
+    def reference_unet_calls(cls, inversion_steps: int, steps: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # ---- shared ---------------------------------------------------------------------------------------
 
     @classmethod
     def resolve_model(cls, model: str | None) -> str:

@@ -2,7 +2,8 @@
 into one self-contained safetensors folder that `anyv2v.backbones.seine` loads.
 
 - `seine.pt` (a pickle, `{"ema": state_dict}`) is read with `torch.load(weights_only=True)`: a pickle holding
-  anything but tensors and plain containers is refused and nothing in it runs.
+  anything but tensors, plain containers and `argparse.Namespace` (the training arguments DiT-style checkpoints
+  keep beside the weights: an attribute bag, allowed by name) is refused and nothing in it runs.
 - The "ema" state dict is loaded into our `SeineUNet3D` with strict loading (every name and shape must match);
   the UNet's config comes from the SD-1.4 folder's unet/config.json with in_channels 9 (SEINE's `use_concat`).
 - SD-1.4's VAE, CLIP text encoder and tokenizer are copied (re-saved as safetensors); the scheduler config holds
@@ -12,6 +13,7 @@ into one self-contained safetensors folder that `anyv2v.backbones.seine` loads.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -41,7 +43,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {path} does not exist; download seine.pt from the hub repo Vchitect/SEINE.")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = (str(exc).strip().splitlines() or ["not a plain tensor pickle"])[0][:160]
         raise ModelLoadError(
