@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,22 +26,31 @@ from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
+from gradio.data_classes import FileData
+from PIL import Image
+from starlette.middleware import Middleware
 
 import editors
 from anyv2v.config import PRESETS, RESIZE_MODES, EditConfig, preset_config
 from anyv2v.errors import AnyV2VError, CancelledError
 from editors.base import MAX_CANDIDATES, Editor, EditorInput, as_image
+from server.app_outputs import APP_SUBDIR
 from server.checks import MAX_SEED, build_config, check_image_file, whole_number
 from server.editor_params import FIRST_FRAME_API_PARAMS, ApiEditorParam, api_editor_params, editor_values
 from server.examples import example_clip_settings, list_examples
+from server.image_uploads import normalize_upload
 from server.jobs import run_cancellable
+from server.login_throttle import LoginThrottle, LoginThrottleMiddleware
 from server.messages import edit_status, user_message
+from server.region_tools import box_click, brush_size
 from server.presets import (
     CHANGE_PRESET_LABELS, CHANGE_PRESETS, change_preset_of, derive_inversion_steps, preset_values, quality_label,
     scheduler_config, valid_inversion_steps,
 )
 from server.service import EditService, startup_problem
+from server.session_latest import LatestWins
 from server.settings import AppSettings, check_model_source, parse_args
+from server.visitor_jobs import VisitorJobs
 
 logger = logging.getLogger("anyv2v.app")
 
@@ -96,6 +106,9 @@ def checked_image(**kwargs: Any) -> gr.Image:
                     check_image_file(payload.path, "image")
                 except AnyV2VError as exc:
                     raise AnyV2VError(str(exc).replace(os.path.basename(payload.path), name)) from None
+                # Decoded here, not by Gradio (which re-saves a JPEG in RGBA as JPEG and fails): see server.image_uploads.
+                path = normalize_upload(payload.path, image.GRADIO_CACHE, name, image.image_mode)
+            return path if image.type == "filepath" else decode(FileData(path=path, orig_name=os.path.basename(path)))
         return decode(payload)
 
     image.preprocess = preprocess  # type: ignore[method-assign]
@@ -157,6 +170,14 @@ CSS = """
 .gradio-container { max-width: 100% !important; overflow-x: hidden; }
 #examples .thumbnail-item { min-width: 72px; }
 @media (max-width: 640px) { .gradio-container { padding: 0 6px !important; } .row { flex-wrap: wrap !important; } }
+/* Phone width: the examples in 3 columns that fit, below the (two-line) label, as tall as their rows. */
+@media (max-width: 640px) {
+  #examples .grid-wrap { height: auto !important; max-height: none !important; overflow-y: visible !important;
+                         padding-top: 4.2em !important; }
+  #examples .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important;
+                              grid-template-rows: none !important; grid-auto-rows: auto !important; }
+  #examples .thumbnail-item { min-width: 0 !important; }
+}
 """
 CANCELLED = "**Cancelled.** Nothing was written; the previous result was cleared."
 SCROLL_TO_STEP_1 = "() => document.getElementById('step-1')?.scrollIntoView({behavior: 'smooth'})"
@@ -171,7 +192,9 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
         model_problem = check_model_source(settings.model)
     # What every step's builder reads: the server, its job layer, the editors, the examples and the timestep grid.
     c = SimpleNamespace(settings=settings, jobs=jobs, base=base, available=editors.available_editors(),
-                        examples=list_examples(DEMO_DIR), sched=scheduler_config(settings.model))
+                        examples=list_examples(DEMO_DIR), sched=scheduler_config(settings.model),
+                        visitors=VisitorJobs(),  # each browser's latest video edit, for the page it reloads
+                        latest_prepare=LatestWins())  # per session: the clip of the settings shown, not a slower one
 
     with gr.Blocks(title="AnyV2V video editing", delete_cache=(3600, 24 * 3600)) as demo:
         gr.Markdown(INTRO)
@@ -179,8 +202,11 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
             gr.Markdown(f"**The video model is not available:** {html.escape(model_problem)}", elem_id="model-problem")
         p = SimpleNamespace()  # the page's components and shared handlers, filled in step by step
         p.clip_state = gr.State(None)  # {"video", "first_frame", "resize_mode"} of the prepared clip
+        p.browser_state = gr.BrowserState(None, storage_key="anyv2v-browser")  # this browser's id (local storage)
         p.candidates_state = gr.State({"editor": None, "paths": []})
         p.selected_state = gr.State(0)
+        p.active_editor = gr.State(next(iter(c.available), None))  # the editor tab shown (frame clicks go to it)
+        p.box_corner = gr.State(None)  # the first corner of a target box being clicked on the first frame
         if c.examples:
             p.example_gallery = gr.Gallery(
                 [(e.edited_frame, e.label) for e in c.examples], label="Examples: click one to load it (video, "
@@ -200,6 +226,7 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
         wire_video_step(c, p)
         wire_first_frame_step(c, p)
         wire_video_edit_step(c, p)
+        wire_visitors(c, p, demo)
         if c.examples:
             wire_examples(c, p)
         # Public API (gradio_client): hidden components, so the endpoints have clean signatures.
@@ -220,7 +247,9 @@ def video_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
     with gr.Row():
         with gr.Column(min_width=300):
             p.source_video = gr.File(label="Source video (mp4, mov, webm, avi, mkv or GIF)", type="filepath",
-                                     file_types=["video", ".gif"], elem_id="source-video", height=120)
+                                     # Any file: the clip check says what is wrong with a photo in our own
+                                     # words (Gradio's file-type filter only says "Invalid file type").
+                                     file_types=None, elem_id="source-video", height=120)
             with gr.Row():
                 p.start_time = gr.Number(label="Start time (s)", value=0, minimum=0, elem_id="start-time",
                                          min_width=140)
@@ -280,7 +309,9 @@ def wire_video_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
         framing = [config.start_time, config.width, config.height, config.resize_mode]
         state = {"video": video, "first_frame": entry.first_frame_path, "resize_mode": config.resize_mode,
                  "framing": framing}
-        background = {"background": entry.first_frame_path, "layers": [], "composite": None}
+        background = gr.ImageEditor(  # the brush sized to the frame (see server.region_tools)
+            value={"background": entry.first_frame_path, "layers": [], "composite": None},
+            brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=brush_size(*entry.prepared.size)))
         status = gr.skip()
         if previous and previous.get("video") == video and previous.get("framing") != framing:
             status = ("**The first frame changed** (start time, size or fit): an edited first frame made before "
@@ -288,6 +319,19 @@ def wire_video_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
         return (entry.preview_path, entry.first_frame_path,
                 gr.DownloadButton(value=entry.first_frame_path, interactive=True), entry.summary, state,
                 *[background for _ in mask_widgets], status)
+
+    latest_prepare = c.latest_prepare
+
+    async def on_prepare_latest(video: str | None, previous: dict | None, request: gr.Request,
+                                progress: gr.Progress = gr.Progress(), **clip: Any):
+        """on_prepare, the last settings winning: one at a time per session, superseded ones dropped."""
+        session, skip_all = request.session_hash or "", tuple(gr.skip() for _ in p.prepare_outputs)
+        ticket = latest_prepare.ticket(session)
+        async with latest_prepare.turn(session, ticket) as current:
+            if not current:
+                return skip_all
+            outputs = await on_prepare(video, previous, progress, **clip)
+        return outputs if latest_prepare.is_latest(session, ticket) else skip_all
 
     def on_new_video():
         """Everything from the previous video goes: clip, edited frame, candidates and result."""
@@ -310,10 +354,10 @@ def wire_video_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
         except Exception:  # noqa: BLE001 - invalid values are reported when the edit starts
             return ""
 
-    p.on_prepare, p.on_new_video, p.on_estimate = on_prepare, on_new_video, on_estimate
+    p.on_prepare_latest, p.on_new_video, p.on_estimate = on_prepare_latest, on_new_video, on_estimate
     p.estimate_options = dict(inputs_kwargs=estimate_inputs, concurrency_limit=2, concurrency_id="estimate",
                               show_progress="hidden", api_visibility="private", trigger_mode="always_last")
-    prepare = (on_prepare, p.prepare_inputs, p.prepare_outputs)
+    prepare = (on_prepare_latest, p.prepare_inputs, p.prepare_outputs)
     estimate = (on_estimate, None, p.estimate_md)
     for event in (p.source_video.upload, p.source_video.clear):
         event(on_new_video, None, p.reset_outputs, queue=False, api_visibility="private").then(
@@ -344,7 +388,7 @@ def first_frame_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
     p.editor_tabs = []  # (editor, its widgets by input name, the candidates slider or None, its run button)
     with gr.Row():
         with gr.Column(scale=3, min_width=300):
-            with gr.Tabs(elem_id="editor-tabs", overflow_behavior="wrap"):
+            with gr.Tabs(elem_id="editor-tabs", overflow_behavior="wrap") as p.editor_tabs_row:
                 for editor in c.available.values():
                     with gr.Tab(editor.title, id=editor.name, elem_id=f"editor-tab-{editor.name}"):
                         p.editor_tabs.append(editor_tab(editor, p.mask_widgets))
@@ -468,7 +512,9 @@ def wire_frame_clicks(c: SimpleNamespace, p: SimpleNamespace) -> None:
             continue
 
         def make_click_fn(editor: Editor, names: list[str]) -> Callable[..., Any]:
-            async def on_frame_click(state: dict | None, evt: gr.SelectData):
+            async def on_frame_click(state: dict | None, shown: str | None, evt: gr.SelectData):
+                if shown != editor.name:  # a click for another editor's tab
+                    return [gr.skip() for _ in names]
                 if not state:
                     raise gr.Error("Upload a video in step 1 first.")
                 x, y = evt.index
@@ -480,8 +526,40 @@ def wire_frame_clicks(c: SimpleNamespace, p: SimpleNamespace) -> None:
 
             return on_frame_click
 
-        p.first_frame.select(make_click_fn(editor, list(editor.click_inputs)), [p.clip_state], click_widgets,
-                             concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID, api_visibility="private")
+        p.first_frame.select(make_click_fn(editor, list(editor.click_inputs)), [p.clip_state, p.active_editor],
+                             click_widgets, concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
+                             api_visibility="private")
+
+    available = c.available
+
+    def on_editor_tab(evt: gr.SelectData) -> str | None:
+        titles = {editor.title: editor.name for editor in available.values()}
+        names = list(available)
+        if str(evt.value) in titles:
+            return titles[str(evt.value)]
+        return names[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(names) else gr.skip()
+
+    p.editor_tabs_row.select(on_editor_tab, None, p.active_editor, queue=False, api_visibility="private")
+
+    # Editors with a target box (AnyDoor): two clicks on the first frame set it, showing pixel coordinates.
+    for editor, widgets, _, _ in p.editor_tabs:
+        if "box" not in widgets:
+            continue
+
+        def make_box_fn(name: str) -> Callable[..., Any]:
+            def on_box_click(state: dict | None, shown: str | None, corner: list[int] | None, evt: gr.SelectData):
+                if shown != name or not state:
+                    return gr.skip(), gr.skip()
+                with Image.open(state["first_frame"]) as frame:
+                    width, height = frame.size
+                corner, box, text = box_click(corner, *evt.index, width, height)
+                gr.Info(text)
+                return corner, box if box is not None else gr.skip()
+
+            return on_box_click
+
+        p.first_frame.select(make_box_fn(editor.name), [p.clip_state, p.active_editor, p.box_corner],
+                             [p.box_corner, widgets["box"]], api_visibility="private")  # queued: gr.Info shows
 
 
 # ---- 3. Video edit ----------------------------------------------------------------------------------------
@@ -616,16 +694,29 @@ def wire_video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
     run_inputs = dict(
         video=p.source_video, edited_frame=p.edited_frame, prompt=p.prompt, start_index=p.start_index, steps=p.steps,
         inversion_steps=p.inversion_steps, guidance=p.guidance, negative_prompt=p.negative_prompt, seed=p.seed,
-        keep_audio=p.keep_audio, **p.taus, **p.clip_inputs,
+        keep_audio=p.keep_audio, browser=p.browser_state, **p.taus, **p.clip_inputs,
     )
+    visitors = c.visitors
 
-    def lock(request: gr.Request):  # the old result goes, and a second click cannot start a second edit
+    async def on_edit_video_of_browser(request: gr.Request, progress: gr.Progress = gr.Progress(), **kw: Any):
+        """on_edit_video, with the outcome noted for this browser (see server.visitor_jobs)."""
+        browser, outcome = kw.pop("browser", None), "failed"
+        try:
+            outputs = await on_edit_video(request, progress, **kw)
+            outcome = "stopped" if outputs[3] == CANCELLED else "done"
+            return outputs
+        finally:
+            visitors.finished(browser, request.session_hash or "", outcome)
+
+    def lock(browser: str | None, request: gr.Request):  # the old result goes; a second click cannot start a second edit
         jobs.new_job(request.session_hash or "", "video")
+        visitors.started(browser, request.session_hash or "")
         return gr.Button(interactive=False), None, None, None, "", None
 
-    lock_event = p.run_btn.click(lock, None, [p.run_btn, *p.result_outputs], queue=False, api_visibility="private")
+    lock_event = p.run_btn.click(lock, p.browser_state, [p.run_btn, *p.result_outputs], queue=False,
+                                 api_visibility="private")
     run_event = lock_event.then(
-        on_edit_video, None, p.result_outputs, inputs_kwargs=run_inputs, concurrency_limit=1,
+        on_edit_video_of_browser, None, p.result_outputs, inputs_kwargs=run_inputs, concurrency_limit=1,
         concurrency_id=GPU_CONCURRENCY_ID, show_progress="full", show_progress_on=[p.output_video],
         api_visibility="private",
     )
@@ -639,6 +730,28 @@ def wire_video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
         return gr.Button(interactive=True), None, None, None, CANCELLED, None
 
     p.cancel_btn.click(on_cancel, None, [p.run_btn, *p.result_outputs], queue=False, api_visibility="private")
+
+
+def wire_visitors(c: SimpleNamespace, p: SimpleNamespace, demo: gr.Blocks) -> None:
+    """A visitor who leaves (closed or reloaded page, a gradio_client that went away) frees the GPU; a reloaded
+    page says what became of this browser's edit."""
+    jobs, visitors, latest_prepare = c.jobs, c.visitors, c.latest_prepare
+
+    def on_unload(request: gr.Request) -> None:
+        session = request.session_hash or ""
+        latest_prepare.forget(session)
+        if jobs.cancel(session):  # its jobs stop at their next step; waiting ones end as soon as they start
+            visitors.left(session)
+            logger.info("a visitor left: its jobs were asked to stop")
+
+    demo.unload(on_unload)
+
+    def on_load(browser: str | None, request: gr.Request):
+        """This browser's id (made on its first visit), and what became of its edit before a reload."""
+        browser = browser if isinstance(browser, str) and browser else uuid.uuid4().hex
+        return browser, visitors.status(browser, request.session_hash or "")
+
+    demo.load(on_load, p.browser_state, [p.browser_state, p.edit_status_md], queue=False, api_visibility="private")
 
 
 # ---- Examples: load everything, reset the rest, small settings on a CPU -----------------------------------
@@ -672,13 +785,15 @@ def wire_examples(c: SimpleNamespace, p: SimpleNamespace) -> None:
         p.frames, p.fps, p.width, p.height, p.resize_mode, p.start_time, p.end_time, p.steps, p.inversion_steps,
         p.quality]))
     p.example_gallery.select(on_example, None, example_outputs, queue=False, api_visibility="private").then(
-        None, js=SCROLL_TO_STEP_1).then(p.on_prepare, p.prepare_inputs, p.prepare_outputs, **p.prepare_options).then(
+        None, js=SCROLL_TO_STEP_1).then(p.on_prepare_latest, p.prepare_inputs, p.prepare_outputs, **p.prepare_options).then(
         p.on_estimate, None, p.estimate_md, **p.estimate_options)
 
 
 def _with_signature(fn: Callable[..., Any], parameters: list[inspect.Parameter]) -> Callable[..., Any]:
     """Give a *args function a real signature: Gradio names API parameters (and marks optional ones) by it."""
     fn.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    # Gradio finds gr.Request parameters by their type hints.
+    fn.__annotations__ = {p.name: p.annotation for p in parameters if p.annotation is not inspect.Parameter.empty}
     return fn
 
 
@@ -711,7 +826,7 @@ def _api_edit_first_frame(
     ff_widgets = [editor_widget(param.spec, default=param.default, api=True, label=param.name) for param in params]
     names = list(fixed) + [param.name for param in params]
 
-    async def edit_first_frame(*args: Any, progress: gr.Progress = gr.Progress()):
+    async def edit_first_frame(*args: Any, progress: gr.Progress = gr.Progress(), request: gr.Request | None = None):
         given = dict(zip(names, args))
         video = given["video"]
         with reported("editing the first frame", [video] + [v for v in given.values() if isinstance(v, str)]):
@@ -722,13 +837,15 @@ def _api_edit_first_frame(
             values = editor_values(editor, params, given)
             values["resize_mode"] = config.resize_mode
             candidates = whole_number(given["candidates"], 1, "candidates")
-            paths = await run_cancellable(lambda stop: jobs.edit_frame(
-                editor.name, entry.prepared.first_frame, values, candidates, _progress_fn(progress), stop))
+            with jobs.session_job(request.session_hash if request else None) as stop:  # stops if the client leaves
+                paths = await run_cancellable(lambda stop: jobs.edit_frame(
+                    editor.name, entry.prepared.first_frame, values, candidates, _progress_fn(progress), stop), stop)
         return paths
 
     signature = [P(name, P.POSITIONAL_OR_KEYWORD, default=None) for name in names]
     signature[0] = P("video", P.POSITIONAL_OR_KEYWORD)
     signature.append(P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+    signature.append(P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request))
     uses = "; ".join(f"{e.name}: " + ", ".join(p.name for p in params if e.name in p.targets) for e in available.values())
     gr.Button("edit_first_frame").click(
         _with_signature(edit_first_frame, signature), [*fixed.values(), *ff_widgets],
@@ -773,7 +890,7 @@ def _api_edit_video(jobs: EditService, settings: AppSettings, base: EditConfig) 
         negative_prompt: str = base.negative_prompt, seed: int = base.seed, frames: int = base.frames,
         fps: int = base.fps, width: int = base.width, height: int = base.height, start_time: float = 0.0,
         resize_mode: str = base.resize_mode, keep_audio: bool = False, end_time: float | None = None,
-        progress: gr.Progress = gr.Progress(),
+        progress: gr.Progress = gr.Progress(), request: gr.Request = None,  # type: ignore[assignment]
     ) -> tuple[str, str]:
         """Edit `video` so it follows `edited_frame` (transparent areas keep the source). Returns the edited mp4
         and its settings JSON. Leave inversion_steps out to use the valid count nearest the server's preset."""
@@ -790,8 +907,9 @@ def _api_edit_video(jobs: EditService, settings: AppSettings, base: EditConfig) 
                 frames=frames, fps=fps, width=width, height=height, start_time=start_time, end_time=end_time,
                 resize_mode=resize_mode, keep_audio=keep_audio,
             )
-            result = await run_cancellable(lambda stop: jobs.edit_video(
-                jobs.check_upload(video), edited_frame, prompt, config, _progress_fn(progress), stop))
+            with jobs.session_job(request.session_hash if request else None) as stop:  # stops if the client leaves
+                result = await run_cancellable(lambda stop: jobs.edit_video(
+                    jobs.check_upload(video), edited_frame, prompt, config, _progress_fn(progress), stop), stop)
         gr.Info(edit_status(result).replace("**", ""))  # reaches gradio_client as a status log
         return str(result.video_path), str(result.json_path)
 
@@ -811,11 +929,13 @@ def launch_kwargs(settings: AppSettings) -> dict[str, Any]:
     return {
         "max_file_size": settings.max_upload_bytes,
         # Outputs and examples live outside Gradio's temp folder; these folders (only) may be served.
-        "allowed_paths": [str(Path(settings.output_dir).expanduser().resolve()), str(ASSETS_DIR)],
+        "allowed_paths": [str(Path(settings.output_dir).expanduser().resolve() / APP_SUBDIR), str(ASSETS_DIR)],
         "theme": gr.themes.Soft(),
         "css": CSS,
         "show_error": False,  # errors are turned into readable gr.Error by `reported`; never show raw ones
         "auth": settings.auth,
+        # Repeated failed logins from one address are slowed down (ANYV2V_AUTH): see server.login_throttle.
+        "app_kwargs": {"middleware": [Middleware(LoginThrottleMiddleware, throttle=LoginThrottle())]} if settings.auth else {},
     }
 
 

@@ -58,6 +58,17 @@ class BackboneCache:
             self._entries[key] = loaded
             return loaded
 
+    def holds(
+        self, model: str, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False,
+        backbone: str = DEFAULT_BACKBONE,
+    ) -> bool:
+        """Whether this model is loaded (a `get` would not load it)."""
+        torch_device, torch_dtype = resolve_device(device, dtype)
+        path = os.path.abspath(model) if os.path.isdir(model) else model
+        key = (path, str(torch_device), str(torch_dtype), cpu_offload, backbone)
+        with self._lock:
+            return key in self._entries
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -52,6 +52,8 @@ def clip_frame_count(frames: int, fps: float, start_time: float, end_time: float
                 f"{start_time:g} s to {end_time:g} s gives fewer than 2 frames at {fps:g} fps; "
                 "choose a longer time range or a higher fps."
             )
+    if frames != 0 and frames < 2:  # the app's limit, not the engine's (which is higher)
+        raise ConfigError(f"frames={frames} must be between 2 and {max_frames} (or 0 for the whole clip).")
     check_frame_limit(frames, fps, max_frames)
     return frames
 

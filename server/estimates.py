@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 
@@ -16,7 +15,6 @@ logger = logging.getLogger("anyv2v.app")
 DEFAULT_THROUGHPUT = {"cuda": 60e12, "mps": 5e12, "cpu": 1e11}
 
 
-@functools.lru_cache(maxsize=32)
 class EditEstimator:
     """How long an edit will take: its UNet FLOPs (`anyv2v.bench`) over a per-device throughput, refined by the
     last measured edit in this process."""

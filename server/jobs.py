@@ -45,30 +45,44 @@ class EngineProgress:
         inversion_steps: int,
         sampling_steps: int,
         clock: Callable[[], float] = time.monotonic,
+        sampling_cost: float | None = None,
     ) -> None:
         self.report = report
+        # Seconds of a sampling step per inversion step: measured on this server when known (server.step_timing).
+        self.sampling_cost = float(sampling_cost) if sampling_cost and sampling_cost > 0 else SAMPLING_COST
+        self._stage_start: dict[str, tuple[float, int]] = {}  # stage -> (clock, steps done) at its first report
         self.inversion_total = max(int(inversion_steps), 1)
         self.sampling_total = max(int(sampling_steps), 1)
         self.inversion_done = 0
         self.sampling_done = 0
         self.reused_inversion = False
         self.clock = clock
-        self._started: float | None = None  # when the first UNet step was reported (after loading)
-        self._fraction_at_start = 0.0
 
     def _fraction(self) -> float:
         inversion_weight = 0.0 if self.reused_inversion else float(self.inversion_total)
-        total = inversion_weight + SAMPLING_COST * self.sampling_total
-        done = (0.0 if self.reused_inversion else self.inversion_done) + SAMPLING_COST * self.sampling_done
+        total = inversion_weight + self.sampling_cost * self.sampling_total
+        done = (0.0 if self.reused_inversion else self.inversion_done) + self.sampling_cost * self.sampling_done
         return min(max(done / total, 0.0), 1.0) if total else 0.0
 
-    def time_left(self) -> float | None:
-        """Seconds left at the pace measured since the first step; None until there is a pace."""
-        fraction = self._fraction()
-        if self._started is None or fraction <= self._fraction_at_start:
+    def _pace(self, stage: str, done: int) -> float | None:
+        """Seconds per step of `stage` averaged since its first report; None before two reports."""
+        if stage not in self._stage_start:
             return None
-        elapsed = self.clock() - self._started
-        return elapsed * (1.0 - fraction) / (fraction - self._fraction_at_start)
+        since, first = self._stage_start[stage]
+        return (self.clock() - since) / (done - first) if done > first else None
+
+    def time_left(self) -> float | None:
+        """Seconds left: the steps left of each stage at that stage's measured pace (sampling, before it starts,
+        at the inversion's pace times `sampling_cost`); None until there is a pace. Per stage, so the estimate
+        does not jump when sampling starts."""
+        sampling_left = self.sampling_total - self.sampling_done
+        sampling_pace = self._pace("sampling", self.sampling_done)
+        if sampling_pace is not None:
+            return sampling_left * sampling_pace
+        inversion_pace = self._pace("inversion", self.inversion_done)
+        if inversion_pace is None or self.reused_inversion:
+            return None
+        return (self.inversion_total - self.inversion_done) * inversion_pace + sampling_left * inversion_pace * self.sampling_cost
 
     def start(self, loading: bool) -> None:
         """Report the start; "loading the model" only when it is not loaded yet."""
@@ -91,9 +105,8 @@ class EngineProgress:
                 text = "Decoding the frames and writing the video"
         else:
             text = f"{stage}: {done} of {total}"
-        if self._started is None and stage in ("inversion", "sampling"):
-            self._started = self.clock()
-            self._fraction_at_start = self._fraction()
+        if stage in ("inversion", "sampling") and stage not in self._stage_start:
+            self._stage_start[stage] = (self.clock(), done)
         left = self.time_left()
         if left is not None and self._fraction() < 1.0:
             text += f" (about {format_duration(left)} left)"

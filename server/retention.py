@@ -10,18 +10,12 @@ from pathlib import Path
 
 from anyv2v.files import PART_SUFFIX
 
+from . import app_outputs
+
 
 def _files(directory: Path) -> list[tuple[Path, os.stat_result]]:
-    found = []
-    if not directory.is_dir():
-        return found
-    for path in directory.rglob("*"):
-        try:
-            if path.is_file() and not path.is_symlink():
-                found.append((path, path.stat()))
-        except OSError:
-            continue
-    return found
+    """Only the files the app wrote (its names, in its folders); links are never followed or listed."""
+    return app_outputs.owned_files(directory)
 
 
 def sweep_stale(directory: str | os.PathLike, min_age_s: float = 0.0, now: float | None = None) -> list[Path]:

@@ -9,7 +9,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from anyv2v.files import unique_path
 from anyv2v.pipeline import BACKBONES, EditResult, prepare_clip
 from anyv2v.video import write_video
 
-from . import jobs
+from . import app_outputs, jobs, step_timing
 from .checks import check_image_file
 from .clips import ClipCache, PreparedEntry
 from .estimates import EditEstimator
@@ -38,10 +39,10 @@ class EditService:
 
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
-        self.output_dir = Path(settings.output_dir).expanduser().resolve()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir = app_outputs.app_output_dir(settings.output_dir)  # the app's own subfolder
         self.clips = ClipCache(settings.clip_cache_mb * 2**20)
         self.estimator = EditEstimator()
+        self.timings = step_timing.EditTimings()  # the page's estimates: measured step times (issue 14 item 11)
         self._loaded: set[tuple] = set()  # models this process has loaded (BACKBONES keeps the latest)
         self._stops: dict[tuple[str, str], threading.Event] = {}  # (session, kind) -> stop flag of its latest job
         self._stops_lock = threading.Lock()
@@ -64,6 +65,21 @@ class EditService:
     def job_stop(self, session: str, kind: str) -> threading.Event:
         with self._stops_lock:
             return self._stops.setdefault((session, kind), threading.Event())
+
+    @contextmanager
+    def session_job(self, session: str | None) -> Iterator[threading.Event]:
+        """A stop flag for one API job of `session`, set by `cancel(session)` (the client went away) while the
+        job runs; forgotten when it ends. Without a session, a flag nobody else sets."""
+        if not session:
+            yield threading.Event()
+            return
+        kind = f"api-{os.urandom(8).hex()}"
+        stop = self.new_job(session, kind)
+        try:
+            yield stop
+        finally:
+            with self._stops_lock:
+                self._stops.pop((session, kind), None)
 
     def cancel(self, session: str) -> bool:
         """Ask every job of the session to stop at its next step; whether there was one to ask."""
@@ -116,7 +132,7 @@ class EditService:
             clips_dir = self.output_dir / "clips"
             preview = write_video(entry.prepared.frames, unique_path(clips_dir, "clip", ".mp4"), config.fps)
             first_frame = unique_path(clips_dir, "first-frame", ".png")
-            entry.prepared.first_frame.save(first_frame, format="PNG")  # lossless: the pixels the engine uses
+            app_outputs.publish_png(entry.prepared.first_frame, first_frame)  # lossless: the pixels the engine uses
             entry.preview_path, entry.first_frame_path = str(preview), str(first_frame)
         self.clips.put(key, entry)
         return entry
@@ -129,15 +145,9 @@ class EditService:
         if entry is not None:
             size, frames = entry.prepared.size, len(entry.prepared.frames)
         device = self.settings.device_name
-        full = self.estimator.estimate(config, frames, size, device)
-        if full is None:
+        if step_timing.edit_stage_flops(config, frames, size) is None:
             return ""
-        cached = self.estimator.estimate(config, frames, size, device, cached_inversion=True) or 0.0
-        text = (f"Estimated time on this server ({device}): about **{format_duration(full)}** for the first edit of "
-                f"this clip, about {format_duration(cached)} for later edits of it (they reuse the inversion).")
-        if not self.model_loaded():
-            text += " The first edit also loads the model."
-        return text
+        return self.timings.text(config, frames, size, device, self.model_loaded())
 
     # ---- step 2: the first frame ------------------------------------------------------------------------
 
@@ -170,12 +180,8 @@ class EditService:
                 editor.name, frame, values, count, report if jobs.spaces is None else None,
                 self.settings.device, self.settings.dtype,
             )
-        frames_dir = self.output_dir / "frames"
-        paths = []
-        for image in images:
-            path = unique_path(frames_dir, f"first-frame-{editor.name}", ".png")
-            image.save(path, format="PNG")
-            paths.append(str(path))
+        # Published whole, all or none (a full disk leaves no cut-off candidate).
+        paths = app_outputs.publish_pngs(images, self.output_dir / "frames", f"first-frame-{editor.name}")
         self.prune(keep=paths)
         return paths
 
@@ -196,7 +202,8 @@ class EditService:
         return (s.model, s.device, s.dtype, s.cpu_offload)
 
     def model_loaded(self) -> bool:
-        return self._model_key() in self._loaded
+        """Whether the video model is in memory (loaded by an edit of this service, or preloaded by another)."""
+        return self._model_key() in self._loaded or BACKBONES.holds(*self._model_key())
 
     def preload(self) -> None:
         BACKBONES.get(self.settings.model, self.settings.device, self.settings.dtype, self.settings.cpu_offload)
@@ -216,7 +223,9 @@ class EditService:
         check_image_file(edited_frame, "edited first frame")  # a bad image fails here, before any model work
         entry = self.prepare(video, config)  # the app's frame limit applies while decoding
         tracker = EngineProgress(
-            progress or (lambda fraction, text: None), config.inversion_steps, config.steps - config.start_index
+            progress or (lambda fraction, text: None), config.inversion_steps, config.steps - config.start_index,
+            sampling_cost=self.timings.sampling_cost(config, len(entry.prepared.frames), entry.prepared.size,
+                                                     self.settings.device_name),
         )
         with gpu_slot(stop):
             tracker.start(loading=not self.model_loaded())
@@ -234,6 +243,7 @@ class EditService:
                 raise
         self._loaded = {self._model_key()}
         self.estimator.record(config, result, self.settings.device_name)
+        self.timings.record_edit(config, result, self.settings.device_name)
         logger.info("video edit done: %s (inversion %s)", result.video_path.name,
                     "reused" if result.inversion_from_cache else "computed")
         self.prune(keep=[result.video_path, result.json_path])

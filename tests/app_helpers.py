@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.app_outputs import APP_SUBDIR
+
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
 DEMO = ROOT.parent / "shared" / "data" / "demo"
@@ -97,7 +99,7 @@ def run_app(root: Path, model_env: Mapping[str, str], extra_args: tuple[str, ...
             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"
-    server = AppServer(url, output_dir, log_path, process)
+    server = AppServer(url, output_dir / APP_SUBDIR, log_path, process)  # the app's own subfolder
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not _ready(url):
@@ -124,3 +126,28 @@ def read_mp4(path: str | os.PathLike) -> tuple[int, tuple[int, int], float]:
         stream = container.streams.video[0]
         count = sum(1 for _ in container.decode(stream))
         return count, (stream.codec_context.width, stream.codec_context.height), float(stream.average_rate)
+
+
+def jpeg_variants(directory: Path, size: tuple[int, int] = (64, 64)) -> dict[str, Path]:
+    """JPEGs as phones and cameras write them, each stored red left / blue right (grey: light left / dark right):
+    RGB, grey, CMYK, progressive, and one stored upside down with EXIF orientation 3 (so upright it is blue left)."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    image = Image.new("RGB", size, (220, 20, 20))
+    image.paste((20, 20, 220), (width // 2, 0, width, height))
+    paths = {}
+    for name, picture, options in (
+        ("rgb", image, {}),
+        ("grey", image.convert("L"), {}),
+        ("cmyk", image.convert("CMYK"), {}),
+        ("progressive", image, {"progressive": True, "optimize": True}),
+    ):
+        paths[name] = directory / f"{name}.jpg"
+        picture.save(paths[name], format="JPEG", quality=95, **options)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # orientation: rotate 180 degrees to show
+    paths["exif"] = directory / "exif-rotated.jpeg"
+    image.save(paths["exif"], format="JPEG", quality=95, exif=exif)
+    return paths

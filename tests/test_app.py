@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app_helpers import CLIP, EDITED, PROMPT, TINY_EDIT, make_models, read_mp4, run_app
+from tests.app_helpers import CLIP, EDITED, PROMPT, TINY_EDIT, jpeg_variants, make_models, read_mp4, run_app
 
 import app as webapp
 from anyv2v.errors import AnyV2VError
@@ -66,9 +66,16 @@ def test_build_app_wires_queue_and_endpoints(tmp_path):
         assert fn.concurrency_limit == 1 and fn.concurrency_id == webapp.GPU_CONCURRENCY_ID
     kwargs = webapp.launch_kwargs(settings)
     assert kwargs["max_file_size"] == settings.max_upload_mb * 1024 * 1024
-    assert str(Path(settings.output_dir).resolve()) in kwargs["allowed_paths"]
+    assert str(Path(settings.output_dir).resolve() / "anyv2v-app") in kwargs["allowed_paths"]  # not the CLI's
     assert kwargs["auth"] == ("ann", "pw") and kwargs["show_error"] is False
     assert "m does not exist" in str(demo.config)  # the model-source problem is on the page
+    # Every event that shows a prepared clip goes through the latest-wins wrapper (issue 14 item 9).
+    shows_clip = [fn for fn in demo.fns.values() if any(getattr(o, "elem_id", None) == "prepared-video" for o in fn.outputs)]
+    shown_by = {fn.fn.__name__ for fn in shows_clip if fn.fn is not None}
+    assert "on_prepare_latest" in shown_by and shown_by <= {"on_prepare_latest", "on_new_video", "on_example"}, shown_by
+    assert "on_prepare" not in shown_by
+    # A visitor who leaves frees the GPU: the page cancels the session's jobs on unload (item 10).
+    assert any(fn.fn is not None and fn.fn.__name__ == "on_unload" for fn in demo.fns.values())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -143,6 +150,49 @@ def test_api_image_keeps_transparency(client, tmp_path):
     edited = np.asarray(Image.open(result).convert("RGB"), dtype=int)
     assert (edited[:, :32] == [255, 0, 0]).all()
     assert np.abs(edited[:, 32:] - source[:, 32:]).max() <= 1  # the source, not black
+
+
+def test_jpeg_uploads_work_in_every_image_input_of_the_api(client, server, tmp_path):
+    """Phone and camera JPEGs (RGB, grey, CMYK, progressive, EXIF-rotated) in every image input of the API: the
+    manual editor uses them upright; the other editors' inputs get past the upload (their own message if the
+    editor cannot run on this server, never Gradio's generic error)."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    jpegs = jpeg_variants(tmp_path)
+    for name, path in jpegs.items():
+        (result,) = client.predict(video=handle_file(str(CLIP)), editor="manual", image=handle_file(str(path)),
+                                   width=64, height=64, api_name="/edit_first_frame")
+        pixels = np.asarray(Image.open(result).convert("RGB"), dtype=int)
+        left, right = pixels[:, :24].mean(axis=(0, 1)), pixels[:, 40:].mean(axis=(0, 1))
+        if name == "exif":  # upright: the stored picture turned 180 degrees
+            left, right = right, left
+        if name == "grey":
+            assert left.mean() > right.mean() + 20, (name, left, right)  # red is the lighter grey
+        else:
+            assert left[0] > 150 > left[2] and right[2] > 150 > right[0], (name, left, right)
+    import editors
+
+    params = {p.name: p for p in webapp.api_editor_params(editors.available_editors())}
+    for param in params.values():
+        if param.spec.kind not in ("image", "mask") or param.name == "image":
+            continue
+        (editor,) = param.targets
+        try:
+            client.predict(video=handle_file(str(CLIP)), editor=editor, width=64, height=64, steps=1,
+                           api_name="/edit_first_frame", **{param.name: handle_file(str(jpegs["exif"]))})
+        except AppError as exc:
+            assert "upstream Gradio app" not in str(exc) and "Something went wrong" not in str(exc), (param.name, exc)
+    assert "cannot write mode" not in server.log() and "unexpected error" not in server.log()
+
+
+def test_edit_video_with_a_jpeg_edited_frame(client, tmp_path):
+    from gradio_client import handle_file
+
+    jpegs = jpeg_variants(tmp_path, (80, 60))
+    video, _ = client.predict(video=handle_file(str(CLIP)), edited_frame=handle_file(str(jpegs["cmyk"])),
+                              prompt=PROMPT, api_name="/edit_video", **{**TINY_EDIT, "seed": 31337})
+    assert read_mp4(video) == (8, (64, 64), 8.0)  # (its own seed: other tests count on a fresh inversion)
 
 
 def test_edit_first_frame_missing_input_is_actionable(client):
@@ -227,6 +277,48 @@ def test_cancel_stops_the_engine_between_steps(client, server):
         assert time.monotonic() < deadline, server.log()[-2000:]
         time.sleep(0.2)
     assert set(server.output_dir.glob("*-edit-*.mp4")) == before  # nothing written
+
+
+def test_a_client_that_goes_away_frees_the_gpu_within_a_few_steps(client, server, tmp_path):
+    """A gradio_client killed mid-edit: its session ends, its job stops at the next step (no file written) and
+    the next caller's job runs at once, instead of waiting for an edit nobody will collect."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "leaver.py"
+    script.write_text(
+        "import time\n"
+        "from gradio_client import Client, handle_file\n"
+        f"client = Client({server.url!r}, verbose=False)\n"
+        f"client.submit(video=handle_file({str(CLIP)!r}), edited_frame=handle_file({str(EDITED)!r}), prompt='x',\n"
+        "              api_name='/edit_video', frames=8, fps=8, width=64, height=64, steps=10,\n"
+        "              inversion_steps=999, seed=777)\n"  # minutes of inversion steps on this machine
+        "time.sleep(600)\n"
+    )
+    before = set(server.output_dir.glob("*-edit-*.mp4"))
+    started, stopped = server.log().count("video edit started"), server.log().count("stopped after a cancel")
+    leaver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while server.log().count("video edit started") == started:
+            assert time.monotonic() < deadline and leaver.poll() is None, server.log()[-2000:]
+            time.sleep(0.2)
+        time.sleep(2.0)  # a few inversion steps in
+    finally:
+        leaver.send_signal(signal.SIGKILL)
+        leaver.wait(timeout=30)
+    killed = time.monotonic()
+    while server.log().count("stopped after a cancel") == stopped:
+        assert time.monotonic() - killed < 30, "the job of a client that went away kept running:\n" + server.log()[-2000:]
+        time.sleep(0.2)
+    assert "a visitor left" in server.log()
+    from gradio_client import handle_file
+
+    paths = client.predict(video=handle_file(str(CLIP)), editor="manual", image=handle_file(str(EDITED)),
+                           width=64, height=64, api_name="/edit_first_frame")  # the GPU slot is free again
+    assert len(paths) == 1 and time.monotonic() - killed < 60
+    assert set(server.output_dir.glob("*-edit-*.mp4")) == before
 
 
 def test_edit_video_errors_are_actionable(client, server, tmp_path):

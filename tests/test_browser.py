@@ -145,6 +145,84 @@ def test_upload_edit_with_manual_frame_and_play_result(page, server, tmp_path):
     assert outputs and outputs[-1].with_suffix(".json").is_file()
 
 
+def test_jpeg_edited_frame_from_a_phone_gets_a_video(page, server, tmp_path):
+    """A phone photo (JPEG, EXIF-rotated) as the edited first frame: accepted, used, and the edit runs."""
+    from playwright.sync_api import expect
+
+    from tests.app_helpers import jpeg_variants
+
+    page.get_by_text("Advanced settings").click()
+    set_number(page, "steps", TINY_EDIT["steps"])
+    choose(page, "inversion-steps", TINY_EDIT["inversion_steps"])
+    prepare_small_clip(page)
+    photo = jpeg_variants(tmp_path / "jpegs")["exif"]
+    page.locator("#edited-frame input[type=file]").set_input_files(str(photo))
+    expect(page.locator("#frame-status")).to_contain_text("Using the uploaded frame", timeout=60_000)
+    expect(page.locator("#edited-frame img")).to_be_visible()
+    page.locator("#prompt textarea").fill(PROMPT)
+    expect(page.locator("#run-btn")).to_be_enabled()
+    page.locator("#run-btn").click()
+    outcome = page.wait_for_function(WAIT_FOR_RESULT_JS, timeout=EDIT_TIMEOUT_MS).json_value()
+    page.screenshot(path=str(tmp_path / "jpeg-result.png"), full_page=True)
+    assert outcome == "ok", outcome
+    expect(page.locator("#edit-status")).to_contain_text("8 frames, 64×64, 8 fps")
+    assert "cannot write mode" not in server.log()
+
+
+def test_three_quick_changes_end_at_the_last_settings(page, tmp_path):
+    """Frames, width and height changed quickly after an upload at the default 512x512: the clip, its first
+    frame and the caption end at the last settings and stay there (a slower earlier prepare cannot win)."""
+    from playwright.sync_api import expect
+
+    page.locator("#source-video input[type=file]").set_input_files(str(CLIP))
+    page.wait_for_timeout(300)  # the upload's prepare (16 frames at 512x512) is under way
+    for elem_id, value in (("frames", 8), ("width", 64), ("height", 128)):
+        box = page.locator(f"#{elem_id} input[type=number]").first
+        box.fill(str(value))
+        box.press("Enter")
+    expect(page.locator("#clip-info")).to_contain_text("8 frames at 8 fps", timeout=90_000)
+    expect(page.locator("#clip-info")).to_contain_text("64×128", timeout=30_000)
+    page.wait_for_timeout(4000)  # anything still running would land now
+    expect(page.locator("#clip-info")).to_contain_text("64×128")
+    expect(page.locator("#clip-info")).to_contain_text("8 frames at 8 fps")
+    size = page.evaluate("""() => new Promise(resolve => {
+        const img = document.querySelector('#first-frame img');
+        const done = () => resolve([img.naturalWidth, img.naturalHeight]);
+        img.complete ? done() : img.addEventListener('load', done);
+    })""")
+    assert size == [64, 128], size
+    page.screenshot(path=str(tmp_path / "quick-changes.png"), full_page=True)
+
+
+def test_reloading_mid_edit_stops_it_and_the_page_says_so(page, server, tmp_path):
+    """A reload mid-edit: the edit stops at its next step (the GPU is free for others), and the reloaded page
+    tells this browser what became of it."""
+    from playwright.sync_api import expect
+
+    page.get_by_text("Advanced settings").click()
+    set_number(page, "steps", TINY_EDIT["steps"])
+    choose(page, "inversion-steps", 999)  # minutes of inversion steps on this machine
+    prepare_small_clip(page)
+    page.locator("#edited-frame input[type=file]").set_input_files(str(EDITED))
+    expect(page.locator("#frame-status")).to_contain_text("Using the uploaded frame", timeout=60_000)
+    page.locator("#prompt textarea").fill(PROMPT)
+    stopped = server.log().count("stopped after a cancel")
+    page.locator("#run-btn").click()
+    expect(page.locator("#output-video")).to_contain_text("inverting the source video", timeout=90_000)
+    page.reload()
+    page.wait_for_selector("#source-video input[type=file]", state="attached")
+    import re
+
+    expect(page.locator("#edit-status")).to_contain_text(re.compile(r"Your previous edit (is stopping|was stopped)"),
+                                                         timeout=30_000)
+    page.screenshot(path=str(tmp_path / "reloaded.png"), full_page=True)
+    deadline = 30_000
+    while server.log().count("stopped after a cancel") == stopped and deadline > 0:
+        page.wait_for_timeout(200)
+        deadline -= 200
+    assert deadline > 0, "the edit of the reloaded page kept running:\n" + server.log()[-2000:]
+
+
 def test_bad_upload_shows_an_error_message(page, tmp_path):
     from playwright.sync_api import expect
 
@@ -157,6 +235,16 @@ def test_bad_upload_shows_an_error_message(page, tmp_path):
     page.screenshot(path=str(tmp_path / "bad-upload.png"))
     assert "Traceback" not in page.content()
     expect(page.locator("#first-frame img")).to_have_count(0)  # nothing stale from a previous clip
+
+
+def test_a_photo_on_the_video_box_gets_the_apps_own_message(page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.locator("#source-video input[type=file]").set_input_files(str(EDITED))
+    toast = page.locator(".toast-body").filter(has_text="is an image, not a video")
+    expect(toast.first).to_be_visible(timeout=60_000)
+    expect(toast.first).to_contain_text(EDITED.name)
+    assert "Invalid file type" not in page.content()
 
 
 def test_rgba_manual_upload_keeps_the_source_in_its_transparent_area(page, server, tmp_path):
@@ -182,6 +270,41 @@ def test_rgba_manual_upload_keeps_the_source_in_its_transparent_area(page, serve
     original = np.asarray(Image.open(source).convert("RGB"), dtype=int)
     assert (edited[:20] == [0, 255, 0]).all()
     assert np.abs(edited[20:] - original[20:]).max() <= 1  # the source frame, not black or white
+
+
+def test_anydoor_target_box_by_two_clicks_on_the_first_frame(page, tmp_path):
+    """On the AnyDoor tab two clicks on the prepared first frame set the target box, in that frame's pixels, and
+    say the coordinates; on another tab a click sets no box."""
+    import re
+
+    from playwright.sync_api import expect
+
+    from editors import get_editor
+
+    prepare_small_clip(page)  # 64x64
+    frame = page.locator("#first-frame img")
+    expect(frame).to_be_visible()
+    box_input = page.locator("#anydoor-box input, #anydoor-box textarea").first
+    frame.click()  # the default (first) tab is not AnyDoor: nothing happens
+    page.wait_for_timeout(2000)  # (processed before the tab changes)
+    page.get_by_role("tab", name=get_editor("anydoor").title).click()
+    page.wait_for_timeout(500)
+    assert box_input.input_value() == ""
+    # Where frame pixel (x, y) is on the page: the frame is shown scaled down to fit, never up (object-fit).
+    width, height, natural_w, natural_h = page.evaluate("""() => { const i = document.querySelector('#first-frame img');
+        const r = i.getBoundingClientRect(); return [r.width, r.height, i.naturalWidth, i.naturalHeight]; }""")
+    scale = min(width / natural_w, height / natural_h, 1)
+
+    def at(x: float, y: float) -> dict:
+        return {"x": (width - natural_w * scale) / 2 + x * scale, "y": (height - natural_h * scale) / 2 + y * scale}
+
+    frame.click(position=at(16, 16))
+    expect(page.locator(".toast-body").filter(has_text=re.compile(r"x=1[5-7], y=1[5-7]")).first).to_be_visible()
+    frame.click(position=at(48, 48))
+    expect(box_input).to_have_value(re.compile(r"^\d+,\d+,\d+,\d+$"), timeout=30_000)
+    x0, y0, x1, y1 = map(int, box_input.input_value().split(","))
+    assert [abs(v - t) <= 1 for v, t in ((x0, 16), (y0, 16), (x1, 48), (y1, 48))] == [True] * 4, (x0, y0, x1, y1)
+    expect(page.locator(".toast-body").filter(has_text="Target box set to").first).to_be_visible()
 
 
 def test_corrupt_edited_frame_shows_a_readable_message(page, tmp_path):
@@ -211,6 +334,19 @@ def test_phone_width_no_horizontal_scroll_tabs_reachable_and_examples(browser, s
         page.wait_for_selector("#source-video input[type=file]", state="attached")
         page.wait_for_timeout(1000)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        # The examples: every thumbnail inside the screen, the first row below the label (not under it), and no
+        # empty band below the last row.
+        layout = page.evaluate("""() => {
+            const gallery = document.querySelector('#examples');
+            const label = gallery.querySelector('label, [data-testid="block-label"]').getBoundingClientRect();
+            const items = [...gallery.querySelectorAll('.thumbnail-item')].map(i => i.getBoundingClientRect());
+            return {labelBottom: label.bottom, galleryBottom: gallery.getBoundingClientRect().bottom,
+                    top: Math.min(...items.map(i => i.top)), bottom: Math.max(...items.map(i => i.bottom)),
+                    right: Math.max(...items.map(i => i.right)), left: Math.min(...items.map(i => i.left))};
+        }""")
+        assert layout["left"] >= 0 and layout["right"] <= 390, layout
+        assert layout["top"] >= layout["labelBottom"] - 1, layout
+        assert layout["galleryBottom"] - layout["bottom"] < 40, layout
         for editor in editors.available_editors().values():  # every tab is a visible button, none in a menu
             expect(page.get_by_role("tab", name=editor.title)).to_be_visible()
         # An example fills in everything (small settings on this CPU server) and prepares its clip.

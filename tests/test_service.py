@@ -21,6 +21,7 @@ from anyv2v.schedule import check_inversion_steps
 from anyv2v.tiny import I2VGEN_XL_SCHEDULER
 from anyv2v.video import write_video
 from server import jobs as gpu_jobs
+from server import service as service_module
 from server.checks import build_config, check_image_file, clip_frame_count
 from server.estimates import DEFAULT_THROUGHPUT, EditEstimator
 from server.examples import example_clip_settings, list_examples
@@ -184,33 +185,108 @@ def _file(path: Path, size: int, age_s: float) -> Path:
     return path
 
 
+def test_frame_count_messages_quote_the_apps_limit(tmp_path):
+    settings = AppSettings(output_dir=str(tmp_path), max_frames=128)
+    for frames in (-1, 1):
+        with pytest.raises(ConfigError, match=rf"frames={frames} must be between 2 and 128 \(or 0 for the whole"):
+            build_config(settings, frames=frames)
+    with pytest.raises(ConfigError, match="at most 128 frames"):
+        build_config(settings, frames=129)
+    assert build_config(settings, frames=0).frames == 0  # the whole clip, limited while decoding
+
+
 def test_prune_outputs_by_age_and_total_size(tmp_path):
-    old = _file(tmp_path / "anyv2v-old.mp4", 100, 3 * 3600)
-    mid = _file(tmp_path / "frames" / "a.png", 400, 600)
-    new = _file(tmp_path / "clips" / "b.mp4", 400, 60)
-    newest = _file(tmp_path / "anyv2v-new.mp4", 400, 1)
+    old = _file(tmp_path / "old-edit-0123abcd.mp4", 100, 3 * 3600)
+    mid = _file(tmp_path / "frames" / "first-frame-manual-0123456789.png", 400, 600)
+    new = _file(tmp_path / "clips" / "clip-abcdef0123.mp4", 400, 60)
+    newest = _file(tmp_path / "new-edit-89abcdef.mp4", 400, 1)
     removed = prune_outputs(tmp_path, max_age_s=3600, max_bytes=900, keep=[newest])
     assert set(removed) == {old, mid}  # too old, then the oldest until 800 bytes <= 900 remain
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["anyv2v-new.mp4", "b.mp4"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["clip-abcdef0123.mp4", "new-edit-89abcdef.mp4"]
     assert prune_outputs(tmp_path, max_age_s=3600, max_bytes=0, keep=[newest, new]) == []
 
 
-def test_service_start_sweeps_stale_partial_and_empty_files(tmp_path):
+def test_retention_touches_only_the_apps_own_files_and_never_follows_links(tmp_path):
+    """The CLI's results and an operator's files in the same output folder, old and new, survive; so do files
+    with other names in the app's folder and whatever a link points at."""
     out = tmp_path / "out"
-    part = _file(out / ".anyv2v-x.mp4.part", 1000, 10)
-    empty = _file(out / "frames" / "first-frame-manual-1.png", 0, 10)
-    kept = _file(out / "anyv2v-1.mp4", 1000, 10)
-    ancient = _file(out / "anyv2v-2.mp4", 1000, 48 * 3600)
+    day = 48 * 3600
+    foreign = [
+        _file(out / "kitten-edit-0123abcd.mp4", 10, day),  # the CLI's result: an app-like name, old
+        _file(out / "kitten-edit-0123abcd.json", 10, day),
+        _file(out / "notes.txt", 10, day),
+        _file(out / "frames" / "first-frame-manual-0123456789.png", 10, day),  # outside the app's folder
+        _file(out / "new-edit-89abcdef.mp4", 10, 1),
+    ]
+    app_dir = out / "anyv2v-app"
+    mine_old = _file(app_dir / "kitten-edit-fedcba98.mp4", 10, day)
+    mine_empty = _file(app_dir / "frames" / "first-frame-nst-0123456789.png", 0, 10)
+    mine_part = _file(app_dir / ".clip-0123456789-ab12cd34.mp4.part", 10, 10)
+    operator = [_file(app_dir / "my-notes.txt", 10, day), _file(app_dir / "photo.png", 10, day),
+                _file(app_dir / "archive" / "old-edit-0123abcd.mp4", 10, day)]
+    elsewhere = _file(tmp_path / "precious" / "keep-edit-0123abcd.mp4", 10, day)
+    (app_dir / "linked-edit-01234567.mp4").symlink_to(elsewhere)
+    (app_dir / "clips").symlink_to(elsewhere.parent, target_is_directory=True)
+    jobs = make_service(tmp_path, output_max_gb=1e-9)  # and every byte over the budget
+    assert jobs.output_dir == app_dir.resolve() and (app_dir / "README.txt").is_file()
+    assert not mine_old.exists() and not mine_empty.exists() and not mine_part.exists()
+    for path in (*foreign, *operator, elsewhere):
+        assert path.is_file(), path
+    assert (app_dir / "linked-edit-01234567.mp4").is_symlink()
+    jobs.prune()
+    for path in (*foreign, *operator, elsewhere):
+        assert path.is_file(), path
+
+
+def test_service_start_sweeps_stale_partial_and_empty_files(tmp_path):
+    out = tmp_path / "out" / "anyv2v-app"
+    part = _file(out / ".anyv2v-x-0123abcd-k2j4h5g6.mp4.part", 1000, 10)
+    empty = _file(out / "frames" / "first-frame-manual-0123456789.png", 0, 10)
+    kept = _file(out / "anyv2v-1-0123abcd.mp4", 1000, 10)
+    ancient = _file(out / "anyv2v-2-0123abcd.mp4", 1000, 48 * 3600)
     make_service(tmp_path)
     assert not part.exists() and not empty.exists() and not ancient.exists()
     assert kept.exists()
+
+
+def test_full_disk_while_writing_candidates_leaves_no_file(tmp_path, monkeypatch):
+    """Disk full in the middle of the second candidate: no cut-off PNG, no temp file, and not the first one
+    either (the message says nothing was written)."""
+    jobs = make_service(tmp_path)
+    frame = Image.new("RGB", (64, 64), (10, 200, 30))
+    monkeypatch.setattr(service_module, "gpu_edit_frame", lambda *a, **k: [frame, frame, frame])
+    real_save = Image.Image.save
+    calls = []
+
+    def save(self, fp, format=None, **params):
+        calls.append(fp)
+        if len(calls) == 2:  # half a PNG reaches the disk, then it is full
+            with open(fp, "wb") as handle:
+                handle.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, format=format, **params)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    with pytest.raises(OSError) as info:
+        jobs.edit_frame("manual", frame, {"image": frame}, 3, None, threading.Event())
+    assert "out of disk space" in user_message(info.value, "editing the first frame")[0]
+    assert [p for p in jobs.output_dir.rglob("*") if p.is_file() and p.name != "README.txt"] == []
+    # The page's first frame PNG is published whole too.
+    calls.clear()
+    config = build_config(jobs.settings, frames=4, width=64, height=64)
+    calls.append("first")  # the next save is the second call: it fails
+    with pytest.raises(OSError):
+        jobs.prepare(str(CLIP), config, previews=True)
+    assert not [p for p in (jobs.output_dir / "clips").glob("*.png")]
+    assert not [p for p in jobs.output_dir.rglob("*.part")]
 
 
 def test_api_style_prepare_writes_no_preview_files(tmp_path):
     jobs = make_service(tmp_path)
     config = build_config(jobs.settings, frames=4, width=64, height=64)
     entry = jobs.prepare(str(CLIP), config)
-    assert entry.preview_path is None and not [p for p in jobs.output_dir.rglob("*") if p.is_file()]
+    written = [p for p in jobs.output_dir.rglob("*") if p.is_file() and p.name != "README.txt"]
+    assert entry.preview_path is None and not written
     page = jobs.prepare(str(CLIP), config, previews=True)  # the page shows a preview and the first frame
     assert Path(page.preview_path).is_file() and Path(page.first_frame_path).is_file()
     with Image.open(page.first_frame_path) as image:
