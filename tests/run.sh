@@ -18,5 +18,6 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 python -c 'import torch; print(f"torch {torch.__version__}:", "CUDA build" if torch.version.cuda else "CPU-only build")'
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# -v names each test as it starts, so long tests (servers, the browser) show where the run is.
-python -m pytest -v "$@"
+# -v names each test as it starts, so long tests (servers, the browser) show where the run is; the table of the
+# 25 slowest tests at the end keeps slow tests visible.
+python -m pytest -v --durations=25 "$@"
