@@ -252,3 +252,18 @@ def test_brush_scaled_to_the_frame_and_box_by_two_clicks():
     corner, box, _ = box_click([5, 5], 5.2, 30, 64, 64)  # too thin: start again from this click
     assert box is None and corner == [5, 30]
     assert box_click([1, 30], 500, -20, 64, 64)[1] == "1,0,64,30"  # clicks beyond the edge: clipped to the frame
+
+
+def test_suggested_settings_and_candidate_captions():
+    """An editor's suggested video settings: the values, the preset by intent they make and the sentence; none
+    without suggestions. Candidates are captioned with the seed each used."""
+    from server.messages import candidate_captions
+    from server.presets import CHANGE_PRESETS, suggested_settings
+
+    name, values = next(iter(CHANGE_PRESETS.items()))
+    chosen, preset, note = suggested_settings("AnyDoor", dict(values))
+    assert chosen == values and preset == name
+    assert note.startswith(" Suggested settings for AnyDoor edits applied in step 3 (") and "tau_conv" in note
+    assert suggested_settings("Manual", None) == ({}, None, "")
+    assert candidate_captions(2, 41) == ["Candidate 1 (seed 41)", "Candidate 2 (seed 42)"]
+    assert candidate_captions(1) == ["Candidate 1"]
