@@ -267,3 +267,22 @@ def test_suggested_settings_and_candidate_captions():
     assert suggested_settings("Manual", None) == ({}, None, "")
     assert candidate_captions(2, 41) == ["Candidate 1 (seed 41)", "Candidate 2 (seed 42)"]
     assert candidate_captions(1) == ["Candidate 1"]
+
+
+def test_a_model_preloaded_by_another_service_counts_as_loaded(tiny_model, tmp_path):
+    """'The first edit also loads the model' only when it is not in memory: a model another service (or the
+    start-up preload) loaded is held by the backbone cache, and this service sees it."""
+    from anyv2v.pipeline import BACKBONES
+    from server.service import EditService
+    from server.settings import AppSettings
+
+    settings = AppSettings(model=str(tiny_model), output_dir=str(tmp_path / "out"), device="cpu")
+    BACKBONES.clear()
+    try:
+        first, second = EditService(settings), EditService(settings)
+        assert not first.model_loaded() and not BACKBONES.holds(str(tiny_model), "cpu")
+        first.preload()
+        assert BACKBONES.holds(str(tiny_model), "cpu") and second.model_loaded()
+        assert not BACKBONES.holds(str(tiny_model), "cpu", backbone="seine")  # another backbone is another model
+    finally:
+        BACKBONES.clear()
