@@ -34,6 +34,7 @@ RUN (userdel --remove ubuntu 2>/dev/null || true) \
 COPY app.py /app/app.py
 COPY anyv2v /app/anyv2v
 COPY server /app/server
+COPY ui /app/ui
 COPY editors /app/editors
 COPY assets /app/assets
 

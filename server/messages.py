@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from anyv2v.config import EditConfig
 from anyv2v.errors import AnyV2VError, CancelledError, OutOfMemoryError
@@ -45,6 +46,11 @@ def edit_status(result: EditResult) -> str:
     for note in result.notes:
         lines.append(f"Note: {note}.")
     return "\n\n".join(lines)
+
+
+def candidate_captions(count: int, seed: Any = None) -> list[str]:
+    """The candidates' captions: "Candidate 2 (seed 43)" (each candidate uses the next seed)."""
+    return [f"Candidate {i + 1}" + (f" (seed {int(seed) + i})" if seed is not None else "") for i in range(count)]
 
 
 def clip_summary(prepared: PreparedClip, config: EditConfig) -> str:

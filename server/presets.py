@@ -54,6 +54,21 @@ def change_preset_of(tau_conv: Any, tau_sa: Any, tau_ta: Any, start_index: Any) 
     return "custom"
 
 
+SUGGESTED_NAMES = ("tau_conv", "tau_sa", "tau_ta", "start_index")  # the settings an editor may suggest
+
+
+def suggested_settings(editor_title: str, video_settings: dict[str, Any] | None) -> tuple[dict[str, Any], str | None, str]:
+    """An editor's suggested video settings: the values it sets (of SUGGESTED_NAMES), the preset by intent they
+    make (None without suggestions) and the sentence that says so ("" without suggestions)."""
+    values = dict(video_settings or {})
+    if not values:
+        return {}, None, ""
+    preset = change_preset_of(*[values.get(name, 0) for name in SUGGESTED_NAMES])
+    listed = ", ".join(f"{k} {v:g}" for k, v in values.items())
+    return ({k: v for k, v in values.items() if k in SUGGESTED_NAMES}, preset,
+            f" Suggested settings for {editor_title} edits applied in step 3 ({listed}).")
+
+
 @functools.lru_cache(maxsize=1)
 def scheduler_config(model: str) -> dict:
     """The model's scheduler config; I2VGen-XL's own when the model cannot be reached (same timestep grid)."""

@@ -15,7 +15,9 @@ from tests.app_helpers import CLIP, EDITED, PROMPT, TINY_EDIT, jpeg_variants, ma
 
 import app as webapp
 from anyv2v.errors import AnyV2VError
+from server.editor_params import FIRST_FRAME_API_PARAMS, api_editor_params, editor_values
 from server.settings import AppSettings
+from ui.widgets import user_error
 
 # ---------------------------------------------------------------------------------------------------------
 # The page and its wiring, no server (the job layer has its own tests: tests/test_service.py)
@@ -34,8 +36,8 @@ def test_cli_defaults_listen_on_localhost(monkeypatch):
 
 
 def test_user_error_is_escaped_and_never_a_traceback():
-    assert webapp.user_error(AnyV2VError("a <b> tag"), "x").message == "A &lt;b&gt; tag"
-    err = webapp.user_error(KeyError("internal"), "editing the video")
+    assert user_error(AnyV2VError("a <b> tag"), "x").message == "A &lt;b&gt; tag"
+    err = user_error(KeyError("internal"), "editing the video")
     assert "Something went wrong" in err.message and "internal" not in err.message
 
 
@@ -43,15 +45,15 @@ def test_api_editor_params_union():
     import editors
 
     available = editors.available_editors()
-    params = {p.name: p for p in webapp.api_editor_params(available)}
+    params = {p.name: p for p in api_editor_params(available)}
     for editor in available.values():
         for spec in editor.inputs:
             assert any(p.targets.get(editor.name) == spec.name for p in params.values())
-    assert not set(params) & set(webapp.FIRST_FRAME_API_PARAMS)
+    assert not set(params) & set(FIRST_FRAME_API_PARAMS)
     if "steps" in params and len(params["steps"].targets) > 1:
         assert params["steps"].default is None  # editors disagree: each keeps its own default
     manual = available["manual"]
-    values = webapp.editor_values(manual, list(params.values()), {"image": "x.png", "instruction": "ignored"})
+    values = editor_values(manual, list(params.values()), {"image": "x.png", "instruction": "ignored"})
     assert values == {"image": "x.png"}
 
 
@@ -173,7 +175,7 @@ def test_jpeg_uploads_work_in_every_image_input_of_the_api(client, server, tmp_p
             assert left[0] > 150 > left[2] and right[2] > 150 > right[0], (name, left, right)
     import editors
 
-    params = {p.name: p for p in webapp.api_editor_params(editors.available_editors())}
+    params = {p.name: p for p in api_editor_params(editors.available_editors())}
     for param in params.values():
         if param.spec.kind not in ("image", "mask") or param.name == "image":
             continue

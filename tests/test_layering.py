@@ -1,5 +1,6 @@
-"""The layering: the engine (`anyv2v`) knows nothing of the app's job layer (`server`), the first-frame editors or
-Gradio, and the job layer knows nothing of Gradio (only `app.py` does)."""
+"""The layering: the engine (`anyv2v`) knows nothing of the app's job layer (`server`), the first-frame editors,
+the app's Gradio side (`ui`) or Gradio, and the job layer knows nothing of Gradio or `ui` (only `app.py` and `ui`
+do)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,16 @@ def loaded(watched):
     return sorted({name.split(".")[0] for name in sys.modules} & set(watched))
 
 import anyv2v
-report = {"anyv2v": loaded(("gradio", "editors", "server"))}
+report = {"anyv2v": loaded(("gradio", "editors", "server", "ui"))}
 for info in pkgutil.iter_modules(anyv2v.__path__):
     if info.name != "__main__":  # runs the CLI; it only imports anyv2v.cli
         importlib.import_module("anyv2v." + info.name)
-        report["anyv2v." + info.name] = loaded(("gradio", "editors", "server"))
+        report["anyv2v." + info.name] = loaded(("gradio", "editors", "server", "ui"))
 import server
-report["server"] = loaded(("gradio",))
+report["server"] = loaded(("gradio", "ui"))
 for info in pkgutil.iter_modules(server.__path__):
     importlib.import_module("server." + info.name)
-    report["server." + info.name] = loaded(("gradio",))
+    report["server." + info.name] = loaded(("gradio", "ui"))
 print(json.dumps(report))
 """
 

@@ -252,3 +252,37 @@ def test_brush_scaled_to_the_frame_and_box_by_two_clicks():
     corner, box, _ = box_click([5, 5], 5.2, 30, 64, 64)  # too thin: start again from this click
     assert box is None and corner == [5, 30]
     assert box_click([1, 30], 500, -20, 64, 64)[1] == "1,0,64,30"  # clicks beyond the edge: clipped to the frame
+
+
+def test_suggested_settings_and_candidate_captions():
+    """An editor's suggested video settings: the values, the preset by intent they make and the sentence; none
+    without suggestions. Candidates are captioned with the seed each used."""
+    from server.messages import candidate_captions
+    from server.presets import CHANGE_PRESETS, suggested_settings
+
+    name, values = next(iter(CHANGE_PRESETS.items()))
+    chosen, preset, note = suggested_settings("AnyDoor", dict(values))
+    assert chosen == values and preset == name
+    assert note.startswith(" Suggested settings for AnyDoor edits applied in step 3 (") and "tau_conv" in note
+    assert suggested_settings("Manual", None) == ({}, None, "")
+    assert candidate_captions(2, 41) == ["Candidate 1 (seed 41)", "Candidate 2 (seed 42)"]
+    assert candidate_captions(1) == ["Candidate 1"]
+
+
+def test_a_model_preloaded_by_another_service_counts_as_loaded(tiny_model, tmp_path):
+    """'The first edit also loads the model' only when it is not in memory: a model another service (or the
+    start-up preload) loaded is held by the backbone cache, and this service sees it."""
+    from anyv2v.pipeline import BACKBONES
+    from server.service import EditService
+    from server.settings import AppSettings
+
+    settings = AppSettings(model=str(tiny_model), output_dir=str(tmp_path / "out"), device="cpu")
+    BACKBONES.clear()
+    try:
+        first, second = EditService(settings), EditService(settings)
+        assert not first.model_loaded() and not BACKBONES.holds(str(tiny_model), "cpu")
+        first.preload()
+        assert BACKBONES.holds(str(tiny_model), "cpu") and second.model_loaded()
+        assert not BACKBONES.holds(str(tiny_model), "cpu", backbone="seine")  # another backbone is another model
+    finally:
+        BACKBONES.clear()
