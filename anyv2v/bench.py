@@ -53,12 +53,20 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
     return {"kind": "process_max_rss", "bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
 
 
-def reference_unet_calls(inversion_steps: int, steps: int, backbone: str = DEFAULT_BACKBONE) -> dict[str, Any]:
+def reference_unet_calls(
+    inversion_steps: int, steps: int, backbone: str = DEFAULT_BACKBONE, start_index: int = 0
+) -> dict[str, Any]:
     """The official implementation's calls for the same settings (the backbone's `reference_unet_calls`; I2VGen-XL:
-    every inversion step at batch 1, every sampling step at batch 3)."""
+    every inversion step at batch 1, every sampling step at batch 3). A backbone whose count depends on the start
+    index takes it as `start_index`."""
+    import inspect
+
     from .backbones import backbone_class
 
-    return backbone_class(backbone).reference_unet_calls(inversion_steps, steps)
+    method = backbone_class(backbone).reference_unet_calls
+    if "start_index" in inspect.signature(method).parameters:
+        return method(inversion_steps, steps, start_index=start_index)
+    return method(inversion_steps, steps)
 
 
 def predicted_unet_calls(config, cached_inversion: bool = False, sequential: bool = False) -> dict[str, Any]:

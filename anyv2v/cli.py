@@ -1,4 +1,4 @@
-"""`python -m anyv2v`: edit, invert, make-tiny-model, convert-seine, bench."""
+"""`python -m anyv2v`: edit, invert, make-tiny-model, convert-seine, convert-consisti2v, bench."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .errors import OOM_ADVICE, AnyV2VError, ConfigError, quoted
 _OVERRIDES = (
     "backbone", "inversion_save_steps", "model", "tau_conv", "tau_sa", "tau_ta", "start_index", "steps", "inversion_steps", "guidance",
     "negative_prompt", "random_ratio", "frames", "fps", "start_time", "seed", "device", "dtype",
-    "cache_dir", "cache_max_gb", "resize_mode", "decode_chunk_size", "memory",
+    "cache_dir", "cache_max_gb", "resize_mode", "decode_chunk_size", "memory", "source_branch_frame",
 )
 
 
@@ -35,19 +35,21 @@ def _add_config_flags(parser: argparse.ArgumentParser, sampling: bool = True) ->
     group = parser.add_argument_group("settings (override --config and --preset)")
     group.add_argument(
         "--backbone", choices=NAMES,
-        help="the video model: i2vgen-xl (default) or seine (its defaults: guidance 4, empty negative prompt)",
+        help="the video model: i2vgen-xl (default), seine (its defaults: guidance 4, empty negative prompt) or "
+        "consisti2v (its defaults: 256x256, guidance 35, start index 4)",
     )
     group.add_argument(
         "--model",
         help="the backbone's weights: I2VGen-XL hub id or local diffusers folder (default ali-vilab/i2vgen-xl); "
-        "SEINE: a folder from convert-seine (default $ANYV2V_SEINE_MODEL)",
+        "SEINE: a folder from convert-seine (default $ANYV2V_SEINE_MODEL); ConsistI2V: hub id or a local copy "
+        "(default TIGER-Lab/ConsistI2V or $ANYV2V_CONSISTI2V_MODEL)",
     )
     group.add_argument("--config", help="YAML file of settings")
     group.add_argument("--preset", choices=sorted(PRESETS), help="paper (500 inversion steps) or fast (100)")
     group.add_argument("--frames", type=int, help="frames to edit (default 16; 0 = the whole clip)")
     group.add_argument("--fps", type=int, help="sampling rate of the clip and the output (default 8)")
     group.add_argument("--start-time", type=float, help="seconds into the video to start (default 0)")
-    group.add_argument("--size", type=_size, help="working size WxH (default 512x512)")
+    group.add_argument("--size", type=_size, help="working size WxH (default 512x512; ConsistI2V 256x256)")
     group.add_argument("--resize-mode", choices=("crop", "keep_aspect"), help="crop (default) or keep_aspect")
     group.add_argument("--inversion-steps", type=int, help="DDIM inversion steps (default 500)")
     group.add_argument(
@@ -67,12 +69,17 @@ def _add_config_flags(parser: argparse.ArgumentParser, sampling: bool = True) ->
         group.add_argument("--tau-conv", type=float, help="conv injection fraction of steps (default 0.2)")
         group.add_argument("--tau-sa", type=float, help="spatial attention Q/K injection fraction (default 0.2)")
         group.add_argument("--tau-ta", type=float, help="temporal attention Q/K injection fraction (default 0.5)")
-        group.add_argument("--start-index", type=int, help="T': first sampling step (default 0)")
+        group.add_argument("--start-index", type=int, help="T': first sampling step (default 0; ConsistI2V 4)")
         group.add_argument("--steps", type=int, help="sampling steps (default 50)")
-        group.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 9)")
+        group.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 9; SEINE 4, ConsistI2V 35)")
         group.add_argument("--negative-prompt", help="negative prompt")
         group.add_argument("--random-ratio", type=float, help="fresh noise blended into the start latent (default 0)")
         group.add_argument("--decode-chunk-size", type=int, help="frames decoded at once by the VAE (default 4)")
+        group.add_argument(
+            "--source-branch-frame", choices=("source", "edited"),
+            help="first frame the source branch is conditioned on: source (the method as described; default) or "
+            "edited (ConsistI2V's official code and its default there)",
+        )
         group.add_argument("--keep-audio", action="store_true", default=None, help="keep the source audio, trimmed")
 
 
@@ -235,6 +242,14 @@ def cmd_convert_seine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_consisti2v(args: argparse.Namespace) -> int:
+    from .backbones.consisti2v.convert import convert_consisti2v
+
+    path = convert_consisti2v(args.source, args.out_dir)
+    print(f"wrote {path} (safetensors; load it with --backbone consisti2v --model {path})")
+    return 0
+
+
 def _without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     """argv minus `flags` and their values (both `--flag value` and `--flag=value`)."""
     kept: list[str] = []
@@ -294,7 +309,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             dict(backbone.unet.config), result.frames, height, width, backbone.vae_scale_factor, config.backbone
         )
         flops = edit_flops(result.unet_calls, per_call)
-        reference_calls = reference_unet_calls(config.inversion_steps, config.steps, config.backbone)
+        reference_calls = reference_unet_calls(config.inversion_steps, config.steps, config.backbone, config.start_index)
         reference = edit_flops(reference_calls, per_call)
         report = {
             "backbone": config.backbone,
@@ -339,7 +354,7 @@ def torch_device_name(device) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m anyv2v", description="AnyV2V video editing on I2VGen-XL or SEINE (--backbone)."
+        prog="python -m anyv2v", description="AnyV2V video editing on I2VGen-XL, SEINE or ConsistI2V (--backbone)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -369,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--sd", required=True, help="Stable Diffusion 1.4 folder (CompVis/stable-diffusion-v1-4)")
     convert.add_argument("out_dir", help="new folder to write (must not exist, or be empty)")
     convert.set_defaults(func=cmd_convert_seine)
+
+    convert_ci2v = sub.add_parser(
+        "convert-consisti2v", help="convert a ConsistI2V folder whose weights are .bin pickles into safetensors"
+    )
+    convert_ci2v.add_argument("source", help="a folder in TIGER-Lab/ConsistI2V's layout")
+    convert_ci2v.add_argument("out_dir", help="new folder to write (must not exist, or be empty)")
+    convert_ci2v.set_defaults(func=cmd_convert_consisti2v)
 
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random I2VGen-XL (diffusers layout) for tests/demos")
     tiny.add_argument("dir")

@@ -27,6 +27,7 @@ MAX_GUIDANCE = 100.0
 MAX_START_SECONDS = 24 * 3600.0
 MAX_CACHE_GB = 1e6
 DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d+)?")
+SOURCE_BRANCH_FRAMES = ("source", "edited")
 MEMORY_MODES = ("auto", "on", "off")  # anyv2v.memory: bounded-memory options (same output)
 
 
@@ -123,6 +124,9 @@ class EditConfig:
     guidance: float = 9.0
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     random_ratio: float = 0.0
+    # the source branch's first-frame condition: "source" (the method as described) or "edited" (ConsistI2V's
+    # official code, its default there: the source branch sees the edited first frame)
+    source_branch_frame: str = "source"
     decode_chunk_size: int = 4
     # memory: "auto" turns the bounded-memory options on only when the estimated peak exceeds the free memory
     memory: str = "auto"
@@ -175,6 +179,10 @@ class EditConfig:
             raise ConfigError("model is empty; give a hub id (default ali-vilab/i2vgen-xl) or a local folder.")
         if not self.cache_dir.strip():
             raise ConfigError("cache_dir is empty; give a folder for the inversion cache.")
+        if self.source_branch_frame not in SOURCE_BRANCH_FRAMES:
+            raise ConfigError(
+                f"source_branch_frame={self.source_branch_frame!r} is not one of {', '.join(SOURCE_BRANCH_FRAMES)}."
+            )
         if self.memory not in MEMORY_MODES:
             raise ConfigError(f"memory={quoted(self.memory)} is not one of {', '.join(MEMORY_MODES)}.")
         return self

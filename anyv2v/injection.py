@@ -83,11 +83,16 @@ class SourceFeatures:
         if site.name not in self._tensors:
             raise RuntimeError(f"no source features at {site.name} for step {self.step_index}; run the source first")
         tensor = self._tensors[site.name]
-        return tensor if branches == 1 else torch.cat([tensor] * branches)
+        if branches == 1:
+            return tensor
+        if isinstance(tensor, tuple):
+            return tuple(torch.cat([t] * branches) for t in tensor)
+        return torch.cat([tensor] * branches)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._tensors.values())
+        flat = [t for v in self._tensors.values() for t in (v if isinstance(v, tuple) else (v,))]
+        return sum(t.numel() * t.element_size() for t in flat)
 
     def __len__(self) -> int:
         return len(self._tensors)
@@ -146,10 +151,12 @@ class StepState:
         """
         enabled = self.injection.enabled(site.kind)
         if enabled and self.role == "inject":
-            source = self.features.load(site, self.branches)[rows]  # the sampler's inject calls have 1 branch
-            return attn.to_q(source), attn.to_k(source)
+            source = self.features.load(site, self.branches)  # the sampler's inject calls have 1 branch
+            if isinstance(source, tuple):  # a context other than the input (ConsistI2V's first-frame keys)
+                return attn.to_q(source[0][rows]), attn.to_k(source[1][rows])
+            return attn.to_q(source[rows]), attn.to_k(source[rows])
         if enabled and self.role == "capture":
-            self.features.store(site, inputs)
+            self.features.store(site, inputs if context is inputs else (inputs, context))
         query, key = attn.to_q(inputs[rows]), attn.to_k(context[rows])
         if self.shares_source(site):
             return _share_source(query, self.branches), _share_source(key, self.branches)

@@ -30,6 +30,7 @@ class SamplingSettings:
     seed: int
     inversion_steps: int = 0  # which inverted latents exist (a backbone may start from the noisiest one)
     inversion_save_steps: int | None = None
+    source_branch_frame: str = "source"  # the source branch's first frame: "source", or "edited" (ConsistI2V's reference)
 
     @classmethod
     def from_config(cls, config, prompt: str) -> "SamplingSettings":
@@ -75,8 +76,9 @@ def sample(
     use_guidance = settings.guidance > 1.0
 
     # Conditioning of each branch. The source branch repeats the inversion's conditioning.
+    branch_frame = source_frame if settings.source_branch_frame == "source" else edited_frame
     conditions = backbone.sampling_conditions(
-        source_frame, edited_frame, settings.prompt, settings.negative_prompt, num_frames, settings.seed, settings.fps
+        branch_frame, edited_frame, settings.prompt, settings.negative_prompt, num_frames, settings.seed, settings.fps
     )
     edit_names = tuple(name for name in backbone.batch_order if name != "source" and (use_guidance or name == "cond"))
     source_condition = conditions["source"]
@@ -86,6 +88,7 @@ def sample(
         generator = torch.Generator("cpu").manual_seed(settings.seed)
         fresh = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)
         latents = (1 - settings.random_ratio) * latents + settings.random_ratio * fresh
+    latents = backbone.sampling_start(latents, conditions)
 
     total = settings.steps - settings.start_index
     with (

@@ -226,7 +226,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
-    print(get_editor(args.editor).make_tiny_model(args.directory))
+    editor = get_editor(args.editor)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its "Writing model shards" bar: one line is all this prints
+    path = editor.make_tiny_model(args.directory)
+    print(f"wrote a tiny random {editor.title} model to {path}")  # the same kind of line as python -m anyv2v's
     return 0
 
 

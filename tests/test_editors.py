@@ -355,6 +355,20 @@ def test_cli_list() -> None:
         assert text in result.stdout
 
 
+def test_cli_make_tiny_model_prints_one_line_like_the_engine(tmp_path: Path) -> None:
+    """Every make-tiny-model command prints the same kind of line: `wrote a tiny random <model> to <folder>`."""
+    result = run_cli("make-tiny-model", "--editor", "instruct_pix2pix", str(tmp_path / "ip2p"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote a tiny random InstructPix2Pix model to {tmp_path / 'ip2p'}"
+    assert "Writing model shards" not in result.stderr
+    engine = subprocess.run(
+        [sys.executable, "-m", "anyv2v", "make-tiny-model", str(tmp_path / "i2v")], cwd=REPO, capture_output=True,
+        text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert engine.returncode == 0, engine.stderr
+    assert engine.stdout.strip().startswith("wrote a tiny random I2VGen-XL") and str(tmp_path / "i2v") in engine.stdout
+
+
 def test_cli_run_nst_writes_candidates(vgg_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "styled.png"
     args = [

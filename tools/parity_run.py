@@ -46,10 +46,15 @@ from anyv2v.sampler import SamplingSettings, sample  # noqa: E402
 
 KINDS = {"conv": "conv", "spatial": "spatial_attn", "temporal": "temporal_attn"}
 # How each harness names the injection kinds in its metadata, whether it records the planned schedule, and its
-# `frames`: uint8 [1, F, H, W, 3] pixels or float [1, F, 3, H, W] in [0, 1].
+# `frames`: uint8 [1, F, H, W, 3] pixels, float [1, F, 3, H, W] in [0, 1] ("unit") or [1, 3, F, H, W] ("unit_cf").
+# ConsistI2V's harness saves as injection_timesteps.* the schedules registered before the start index cuts them.
 METADATA = {
     "seine": {"events": KINDS, "scheduled": True, "frames": "uint8"},
     "i2vgen-xl": {"events": {"conv": "Conv", "spatial": "Spa-Attn", "temporal": "Tmp-Attn"}, "scheduled": False, "frames": "unit"},
+    "consisti2v": {
+        "events": {"conv": "Conv", "spatial": "Spa-Attn", "temporal": "Tmp-Attn"}, "scheduled": False,
+        "frames": "unit_cf", "planned_timesteps": True,
+    },
 }
 
 
@@ -63,7 +68,9 @@ def frames_as_reference(backbone, latents: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         scaled = latents[0].permute(1, 0, 2, 3) / backbone.vae.config.scaling_factor
         video = backbone.vae.decode(scaled.to(backbone.device, backbone.vae.dtype)).sample.float().cpu()
-    return (video / 2 + 0.5).clamp(0, 1)[None]
+    video = (video / 2 + 0.5).clamp(0, 1)[None]
+    # ConsistI2V's reference keeps its pipeline's [1, 3, F, H, W] (channels before frames).
+    return video.permute(0, 2, 1, 3, 4).contiguous() if METADATA[backbone.name]["frames"] == "unit_cf" else video
 
 
 def read_frames(folder: str) -> list[Image.Image]:
@@ -90,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--negative-prompt")
-    ap.add_argument("--start-index", type=int, default=0)
+    ap.add_argument("--start-index", type=int, help="default: the harness's (ConsistI2V 1, others 0)")
+    ap.add_argument("--source-branch-frame", choices=("source", "edited"), help="default: the backbone's")
     ap.add_argument("--fps", type=int, default=8)
     ap.add_argument("--noise-from", help="a reference run's safetensors: its ddpm_noise.<t> tensors")
     ap.add_argument("--threads", type=int, default=1)
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 HARNESS_DEFAULTS = {
     "seine": dict(inversion_steps=40, steps=10, guidance=4.0, seed=1, negative_prompt=""),
     "i2vgen-xl": dict(inversion_steps=20, steps=10, guidance=9.0, seed=8888),
+    "consisti2v": dict(inversion_steps=20, steps=10, guidance=35.0, seed=8888, start_index=1),
 }
 
 
@@ -121,13 +130,14 @@ def run(args) -> int:
         for name, value in dict(
             inversion_steps=args.inversion_steps, steps=args.steps, guidance=args.guidance, seed=args.seed,
             negative_prompt=args.negative_prompt, tau_conv=args.tau_conv, tau_sa=args.tau_sa, tau_ta=args.tau_ta,
+            start_index=args.start_index, source_branch_frame=args.source_branch_frame,
         ).items()
         if value is not None
     }
     config = EditConfig.for_backbone(
         args.backbone, model=args.model, width=width, height=height, frames=len(frames), fps=args.fps,
-        start_index=args.start_index, inversion_save_steps=args.save_steps, cache_max_gb=0.0,
-        **{**HARNESS_DEFAULTS[args.backbone], **changes},
+        inversion_save_steps=args.save_steps, cache_max_gb=0.0,
+        **{"start_index": 0, **HARNESS_DEFAULTS[args.backbone], **changes},
     ).validate()
     backbone = load_backbone(config.model, "cpu", "float32", backbone=config.backbone)
     plan = backbone.plan
@@ -157,11 +167,13 @@ def run(args) -> int:
         "frames": frames_as_reference(backbone, latents),
         "edit_timesteps": torch.tensor(timesteps[config.start_index :], dtype=torch.int64),
     }
+    schedule = InjectionSchedule.from_taus(config.steps, config.tau_conv, config.tau_sa, config.tau_ta)
+    planned = METADATA[backbone.name].get("planned_timesteps", False)
     for kind, name in KINDS.items():
-        out[f"injection_timesteps.{name}"] = torch.tensor(sorted(observed[kind], reverse=True), dtype=torch.int64)
+        steps_of_kind = timesteps[: getattr(schedule, kind)] if planned else sorted(observed[kind], reverse=True)
+        out[f"injection_timesteps.{name}"] = torch.tensor(steps_of_kind, dtype=torch.int64)
     # As the reference harness's metadata: {kind: {t: sites}} observed, and as the schedule plans it.
     sites = Counter(site.kind for site in backbone.injection_sites())
-    schedule = InjectionSchedule.from_taus(config.steps, config.tau_conv, config.tau_sa, config.tau_ta)
     names = METADATA[backbone.name]["events"]
     events = {names[k]: {str(t): len(v) for t, v in sorted(observed[k].items(), reverse=True)} for k in KINDS if observed[k]}
     scheduled = {

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 BACKBONES = {
     "i2vgen-xl": ("anyv2v.backbones.i2vgen_xl", "Backbone"),
     "seine": ("anyv2v.backbones.seine", "SeineBackbone"),
+    "consisti2v": ("anyv2v.backbones.consisti2v", "ConsistI2VBackbone"),
 }
 NAMES = tuple(BACKBONES)
 

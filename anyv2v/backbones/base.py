@@ -71,6 +71,9 @@ def folder_backbone(model: str) -> str | None:
     except (OSError, ValueError):
         return None
     name = data.get("_class_name")
+    unet = data.get("unet")
+    if isinstance(unet, list) and unet[-1:] == ["VideoLDMUNet3DConditionModel"]:  # ConsistI2V's hub layout
+        return "consisti2v"
     return {"I2VGenXLPipeline": "i2vgen-xl", "SEINEPipeline": "seine"}.get(name)
 
 
@@ -159,6 +162,11 @@ class VideoBackbone:
                 f"model folder {model} holds a {found} model, not {cls.name}; pass --backbone {found} "
                 f"(or give a {cls.name} folder)."
             )
+
+    def sampling_start(self, latents: torch.Tensor, conditions: dict[str, Condition]) -> torch.Tensor:
+        """The edit branches' starting latent from the inverted one (ConsistI2V puts the edited first frame's latent
+        in frame 0); by default unchanged."""
+        return latents
 
     @property
     def vae_scale_factor(self) -> int:
