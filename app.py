@@ -44,10 +44,11 @@ from server.login_throttle import LoginThrottle, LoginThrottleMiddleware
 from server.messages import edit_status, user_message
 from server.region_tools import box_click, brush_size
 from server.presets import (
-    CHANGE_PRESET_LABELS, CHANGE_PRESETS, change_preset_of, derive_inversion_steps, preset_values, quality_label,
+    CHANGE_PRESET_LABELS, CHANGE_PRESETS, change_preset_of, preset_values, quality_label,
     scheduler_config, valid_inversion_steps,
 )
 from server.service import EditService, startup_problem
+from server import video_models
 from server.session_latest import LatestWins
 from server.settings import AppSettings, check_model_source, parse_args
 from server.visitor_jobs import VisitorJobs
@@ -344,7 +345,7 @@ def wire_video_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
     p.prepare_options = dict(inputs_kwargs=clip_inputs, concurrency_limit=2, concurrency_id="prepare",
                              show_progress="minimal", show_progress_on=[p.clip_info], api_visibility="private")
     estimate_inputs = dict(video=p.source_video, steps=p.steps, inversion_steps=p.inversion_steps,
-                           start_index=p.start_index, guidance=p.guidance, **clip_inputs)
+                           start_index=p.start_index, guidance=p.guidance, backbone=p.video_model, **clip_inputs)
 
     async def on_estimate(**kw: Any) -> str:
         video = kw.pop("video")
@@ -368,7 +369,7 @@ def wire_video_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
     for control in (p.start_time, p.end_time):
         for event in (control.submit, control.blur):
             event(*prepare, trigger_mode="always_last", **p.prepare_options)
-    for control in (p.steps, p.inversion_steps, p.start_index, p.guidance):
+    for control in (p.steps, p.inversion_steps, p.start_index, p.guidance, p.video_model):
         control.change(*estimate, **p.estimate_options)
 
 
@@ -592,6 +593,11 @@ def video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
                                       info="T' (start index): sampling starts this many steps in.",
                                       elem_id="start-index", min_width=160)
             with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+                p.video_model = gr.Dropdown(
+                    video_models.choices(), value=base.backbone, label="Video model",
+                    info="The image-to-video model that carries the edited first frame through the clip; choosing "
+                         "one applies its own settings.", elem_id="video-model")
+                p.video_model_note = gr.Markdown("", elem_id="video-model-note")
                 p.quality = gr.Dropdown(quality_choices, value=settings.preset, label="Quality preset",
                                         info="Sets the steps and the inversion steps.", elem_id="preset")
                 p.steps = gr.Slider(1, 200, value=base.steps, step=1, label="Sampling steps", elem_id="steps")
@@ -627,7 +633,7 @@ def video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
 def wire_settings(c: SimpleNamespace, p: SimpleNamespace) -> None:
     """The preset by intent follows the four sliders and back; the quality preset, the steps and the inversion
     steps stay consistent (only inversion step counts that serve the steps are offered)."""
-    taus, start_index, sched, base = p.taus, p.start_index, c.sched, c.base
+    taus, start_index, base = p.taus, p.start_index, c.base
 
     def on_change_preset(name: str):
         if name not in CHANGE_PRESETS:
@@ -643,28 +649,56 @@ def wire_settings(c: SimpleNamespace, p: SimpleNamespace) -> None:
     def target_inversion(preset: str, current: Any) -> int:
         return preset_config(preset).inversion_steps if preset in PRESETS else int(current or base.inversion_steps)
 
-    def on_steps(value: Any, preset: str, current: Any, start: Any):
+    settings = c.settings
+
+    def on_steps(value: Any, preset: str, current: Any, start: Any, backbone: str):  # on the backbone's own grid
         count = max(int(value or 1), 1)
-        valid = valid_inversion_steps(sched, count)
-        chosen = int(current) if current in valid else derive_inversion_steps(sched, count, target_inversion(preset, current))
+        valid = video_models.inversion_choices(settings, backbone, count)
+        chosen = int(current) if current in valid else video_models.derive_inversion_steps(
+            settings, backbone, count, target_inversion(preset, current))
         top = max(count - 1, 0)
         return gr.Dropdown(choices=valid, value=chosen), gr.Slider(maximum=max(top, 1), value=min(int(start or 0), top))
 
-    p.steps.change(on_steps, [p.steps, p.quality, p.inversion_steps, start_index], [p.inversion_steps, start_index],
-                   queue=False, api_visibility="private")
+    p.steps.change(on_steps, [p.steps, p.quality, p.inversion_steps, start_index, p.video_model],
+                   [p.inversion_steps, start_index], queue=False, api_visibility="private")
 
-    def on_quality(name: str, current_steps: Any):
+    def on_quality(name: str, current_steps: Any, backbone: str):
         if name not in PRESETS:
             return gr.skip(), gr.skip()
         values = preset_values(name)
-        valid = valid_inversion_steps(sched, values["steps"])
-        return values["steps"], gr.Dropdown(choices=valid, value=derive_inversion_steps(
-            sched, values["steps"], values["inversion_steps"]))
+        valid = video_models.inversion_choices(settings, backbone, values["steps"])
+        return values["steps"], gr.Dropdown(choices=valid, value=video_models.derive_inversion_steps(
+            settings, backbone, values["steps"], values["inversion_steps"]))
 
-    p.quality.input(on_quality, [p.quality, p.steps], [p.steps, p.inversion_steps], queue=False,
+    p.quality.input(on_quality, [p.quality, p.steps, p.video_model], [p.steps, p.inversion_steps], queue=False,
                     api_visibility="private")
     for control in (p.steps, p.inversion_steps):
         control.input(quality_label, [p.steps, p.inversion_steps], p.quality, queue=False, api_visibility="private")
+    wire_video_model(c, p)
+
+
+def wire_video_model(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    """Choosing a video model applies its defaults to the settings it has defaults for and says so (or says,
+    in one sentence, that this server has not enabled it)."""
+    settings, taus = c.settings, p.taus
+    fields = {"frames": p.frames, "width": p.width, "height": p.height, "steps": p.steps,
+              "start_index": p.start_index, "guidance": p.guidance, "negative_prompt": p.negative_prompt, **taus}
+    outputs = [*fields.values(), p.inversion_steps, p.change_preset, p.quality, p.video_model_note]
+
+    def on_video_model(name: str):
+        note = video_models.defaults_note(settings, name)
+        if note == video_models.unavailable_sentence(name):
+            return [*[gr.skip()] * (len(outputs) - 1), note]
+        values = video_models.page_defaults(settings, name)
+        top = max(values["steps"] - 1, 1)
+        shown = [gr.Slider(maximum=top, value=values[key]) if key == "start_index" else values[key] for key in fields]
+        inversion = gr.Dropdown(choices=video_models.inversion_choices(settings, name, values["steps"]),
+                                value=values["inversion_steps"])
+        return [*shown, inversion, change_preset_of(values["tau_conv"], values["tau_sa"], values["tau_ta"],
+                                                    values["start_index"]),
+                quality_label(values["steps"], values["inversion_steps"]), note]
+
+    p.video_model.input(on_video_model, p.video_model, outputs, queue=False, api_visibility="private")
 
 
 def wire_video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
@@ -694,7 +728,7 @@ def wire_video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
     run_inputs = dict(
         video=p.source_video, edited_frame=p.edited_frame, prompt=p.prompt, start_index=p.start_index, steps=p.steps,
         inversion_steps=p.inversion_steps, guidance=p.guidance, negative_prompt=p.negative_prompt, seed=p.seed,
-        keep_audio=p.keep_audio, browser=p.browser_state, **p.taus, **p.clip_inputs,
+        keep_audio=p.keep_audio, browser=p.browser_state, backbone=p.video_model, **p.taus, **p.clip_inputs,
     )
     visitors = c.visitors
 
@@ -758,13 +792,14 @@ def wire_visitors(c: SimpleNamespace, p: SimpleNamespace, demo: gr.Blocks) -> No
 
 
 def wire_examples(c: SimpleNamespace, p: SimpleNamespace) -> None:
-    examples, sched, base = c.examples, c.sched, c.base
+    examples = c.examples
     small = example_clip_settings(c.settings)
     taus = p.taus
 
-    def on_example(evt: gr.SelectData) -> dict:
+    def on_example(backbone: str, evt: gr.SelectData) -> dict:  # inversion steps on the chosen model's grid
         example = examples[int(evt.index)]
-        inversion = derive_inversion_steps(sched, small["steps"], base.inversion_steps)
+        inversion = video_models.derive_inversion_steps(c.settings, backbone, small["steps"],
+                                                        c.settings.base_config(backbone).inversion_steps)
         values = dict(zip(p.reset_outputs, p.on_new_video()))
         values.update({
             p.source_video: example.video, p.edited_frame: example.edited_frame, p.prompt: example.prompt,
@@ -774,7 +809,8 @@ def wire_examples(c: SimpleNamespace, p: SimpleNamespace) -> None:
                                               example.start_index),
             p.frames: small["frames"], p.fps: small["fps"], p.width: small["width"], p.height: small["height"],
             p.resize_mode: "crop", p.start_time: 0, p.end_time: None, p.steps: small["steps"],
-            p.inversion_steps: gr.Dropdown(choices=valid_inversion_steps(sched, small["steps"]), value=inversion),
+            p.inversion_steps: gr.Dropdown(choices=video_models.inversion_choices(c.settings, backbone, small["steps"]),
+                                           value=inversion),
             p.quality: quality_label(small["steps"], inversion),
             p.frame_status: "Using the example's edited frame for the video edit (step 3).",
         })
@@ -784,7 +820,7 @@ def wire_examples(c: SimpleNamespace, p: SimpleNamespace) -> None:
         *p.reset_outputs, p.source_video, p.edited_frame, p.prompt, *taus.values(), p.start_index, p.change_preset,
         p.frames, p.fps, p.width, p.height, p.resize_mode, p.start_time, p.end_time, p.steps, p.inversion_steps,
         p.quality]))
-    p.example_gallery.select(on_example, None, example_outputs, queue=False, api_visibility="private").then(
+    p.example_gallery.select(on_example, p.video_model, example_outputs, queue=False, api_visibility="private").then(
         None, js=SCROLL_TO_STEP_1).then(p.on_prepare_latest, p.prepare_inputs, p.prepare_outputs, **p.prepare_options).then(
         p.on_estimate, None, p.estimate_md, **p.estimate_options)
 
@@ -881,6 +917,7 @@ def _api_edit_video(jobs: EditService, settings: AppSettings, base: EditConfig) 
         gr.Dropdown(list(RESIZE_MODES), value=base.resize_mode, label="resize_mode"),
         gr.Checkbox(label="keep_audio", value=False),
         gr.Number(label="end_time", value=None),
+        gr.Dropdown(list(video_models.names()), value=base.backbone, label="backbone", allow_custom_value=True),
     ]
 
     async def edit_video(
@@ -890,23 +927,28 @@ def _api_edit_video(jobs: EditService, settings: AppSettings, base: EditConfig) 
         negative_prompt: str = base.negative_prompt, seed: int = base.seed, frames: int = base.frames,
         fps: int = base.fps, width: int = base.width, height: int = base.height, start_time: float = 0.0,
         resize_mode: str = base.resize_mode, keep_audio: bool = False, end_time: float | None = None,
+        backbone: str = base.backbone,
         progress: gr.Progress = gr.Progress(), request: gr.Request = None,  # type: ignore[assignment]
     ) -> tuple[str, str]:
         """Edit `video` so it follows `edited_frame` (transparent areas keep the source). Returns the edited mp4
-        and its settings JSON. Leave inversion_steps out to use the valid count nearest the server's preset."""
+        and its settings JSON. Leave inversion_steps out to use the valid count nearest the server's preset.
+        backbone: the video model (i2vgen-xl, seine, consisti2v); with another than i2vgen-xl, a setting left at
+        its default above takes that model's own default."""
         if not edited_frame:
             raise gr.Error("edited_frame is required: the edited first frame as an image file.")
         with reported("editing the video", [video, edited_frame]):
-            steps_value = whole_number(steps, base.steps, "steps")
+            name = video_models.check_backbone(backbone)
+            video_models.require_available(settings, name)
+            values = video_models.api_values(settings, name, dict(
+                tau_conv=tau_conv, tau_sa=tau_sa, tau_ta=tau_ta, start_index=start_index, steps=steps,
+                guidance=guidance, negative_prompt=negative_prompt, seed=seed, frames=frames, fps=fps, width=width,
+                height=height, start_time=start_time, end_time=end_time, resize_mode=resize_mode,
+                keep_audio=keep_audio))
+            own = settings.base_config(name)
+            steps_value = whole_number(values["steps"], own.steps, "steps")
             if inversion_steps is None and steps_value >= 1:
-                inversion_steps = derive_inversion_steps(scheduler_config(settings.model), steps_value,
-                                                         base.inversion_steps)
-            config = build_config(
-                settings, tau_conv=tau_conv, tau_sa=tau_sa, tau_ta=tau_ta, start_index=start_index, steps=steps,
-                inversion_steps=inversion_steps, guidance=guidance, negative_prompt=negative_prompt, seed=seed,
-                frames=frames, fps=fps, width=width, height=height, start_time=start_time, end_time=end_time,
-                resize_mode=resize_mode, keep_audio=keep_audio,
-            )
+                inversion_steps = video_models.derive_inversion_steps(settings, name, steps_value, own.inversion_steps)
+            config = build_config(settings, inversion_steps=inversion_steps, backbone=name, **values)
             with jobs.session_job(request.session_hash if request else None) as stop:  # stops if the client leaves
                 result = await run_cancellable(lambda stop: jobs.edit_video(
                     jobs.check_upload(video), edited_frame, prompt, config, _progress_fn(progress), stop), stop)
