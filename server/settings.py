@@ -180,8 +180,11 @@ def backbone_models_from_env(env: Mapping[str, str]) -> dict[str, str]:
     return models
 
 
-_FOLDER_KINDS = {"i2vgen-xl": "a diffusers-format I2VGen-XL", "seine": "a converted SEINE (python -m anyv2v convert-seine)",
-                 "consisti2v": "a ConsistI2V in TIGER-Lab/ConsistI2V's layout"}
+_FOLDER_KINDS = {
+    "i2vgen-xl": "a diffusers-format I2VGen-XL",
+    "seine": "a converted SEINE (python -m anyv2v convert-seine)",
+    "consisti2v": "a ConsistI2V in TIGER-Lab/ConsistI2V's layout",
+}
 
 
 def check_model_source(model: str, timeout: float = 5.0, backbone: str = DEFAULT_BACKBONE) -> str | None:

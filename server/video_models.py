@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Any
 
 from anyv2v.config import DEFAULT_BACKBONE
@@ -154,6 +155,16 @@ def page_defaults(settings: AppSettings, name: str) -> dict[str, Any]:
     values["height"] = min(values["height"], settings.max_size)
     values["inversion_steps"] = derive_inversion_steps(settings, name, base.steps, base.inversion_steps)
     return values
+
+
+def guidance_maximum() -> float:
+    """The page's guidance slider maximum: 20, or room above the highest backbone default (ConsistI2V: 35 -> 50).
+    Fixed when the page is built (Gradio checks values against the maximum it was built with)."""
+    from anyv2v.backbones import backbone_class
+    from anyv2v.config import EditConfig
+
+    highest = max(float(backbone_class(n).defaults.get("guidance", EditConfig.guidance)) for n in names())
+    return max(20.0, 10.0 * math.ceil((highest + 10.0) / 10.0))
 
 
 def _number(value: float) -> str:

@@ -409,6 +409,7 @@ def test_edit_video_backbone_errors_are_one_line(client, server):
     message = str(info.value)
     assert "Backbone 'sora' is not a video model of this app; use one of i2vgen-xl, seine, consisti2v" in message
     assert "\n" not in message.strip() and "Traceback" not in message
-    with pytest.raises(AppError, match=r"Inversion_steps=10 .* does not keep latents.*use inversion_steps in: 20, 40"):  # SEINE's grid, one line
+    seine_grid = r"Inversion_steps=10 .* does not keep latents.*use inversion_steps in: 20, 40"  # one line
+    with pytest.raises(AppError, match=seine_grid):
         client.predict(video=handle_file(str(CLIP)), edited_frame=handle_file(str(EDITED)), prompt=PROMPT,
                        api_name="/edit_video", **TINY_EDIT, backbone="seine")
