@@ -606,8 +606,8 @@ def video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
                     info="Only values that serve the sampling steps are offered; more is more faithful but slower.",
                     elem_id="inversion-steps",
                 )
-                p.guidance = gr.Slider(0, video_models.guidance_maximum(), value=base.guidance, step=0.5, label="Guidance",
-                                       info="How strongly to follow the prompt and the edited frame.",
+                p.guidance = gr.Slider(0, video_models.guidance_maximum(), value=base.guidance, step=0.5,
+                                       label="Guidance", info="How strongly to follow the prompt and the edited frame.",
                                        elem_id="guidance")
                 p.seed = gr.Number(label="Seed", value=base.seed, precision=0, minimum=0, maximum=MAX_SEED,
                                    elem_id="seed")
