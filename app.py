@@ -35,6 +35,7 @@ from server.login_throttle import LoginThrottle, LoginThrottleMiddleware
 from server.presets import (
     CHANGE_PRESET_LABELS, CHANGE_PRESETS, change_preset_of, quality_label, scheduler_config, valid_inversion_steps,
 )
+from server import video_models
 from server.service import EditService, startup_problem
 from server.session_latest import LatestWins
 from server.settings import AppSettings, check_model_source, parse_args
@@ -196,7 +197,7 @@ def wire_video_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
     p.prepare_options = dict(inputs_kwargs=clip_inputs, concurrency_limit=2, concurrency_id="prepare",
                              show_progress="minimal", show_progress_on=[p.clip_info], api_visibility="private")
     estimate_inputs = dict(video=p.source_video, steps=p.steps, inversion_steps=p.inversion_steps,
-                           start_index=p.start_index, guidance=p.guidance, **clip_inputs)
+                           start_index=p.start_index, guidance=p.guidance, backbone=p.video_model, **clip_inputs)
 
     h = clip_handlers.video_step_handlers(c, p)
     p.on_prepare_latest, p.on_new_video, p.on_estimate = h.on_prepare_latest, h.on_new_video, h.on_estimate
@@ -331,6 +332,11 @@ def video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
                                       info="T' (start index): sampling starts this many steps in.",
                                       elem_id="start-index", min_width=160)
             with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+                p.video_model = gr.Dropdown(
+                    video_models.choices(), value=base.backbone, label="Video model",
+                    info="The image-to-video model that carries the edited first frame through the clip; choosing "
+                         "one applies its own settings.", elem_id="video-model")
+                p.video_model_note = gr.Markdown("", elem_id="video-model-note")
                 p.quality = gr.Dropdown(quality_choices, value=settings.preset, label="Quality preset",
                                         info="Sets the steps and the inversion steps.", elem_id="preset")
                 p.steps = gr.Slider(1, 200, value=base.steps, step=1, label="Sampling steps", elem_id="steps")
@@ -339,8 +345,8 @@ def video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
                     info="Only values that serve the sampling steps are offered; more is more faithful but slower.",
                     elem_id="inversion-steps",
                 )
-                p.guidance = gr.Slider(0, 20, value=base.guidance, step=0.5, label="Guidance",
-                                       info="How strongly to follow the prompt and the edited frame.",
+                p.guidance = gr.Slider(0, video_models.guidance_maximum(), value=base.guidance, step=0.5,
+                                       label="Guidance", info="How strongly to follow the prompt and the edited frame.",
                                        elem_id="guidance")
                 p.seed = gr.Number(label="Seed", value=base.seed, precision=0, minimum=0, maximum=MAX_SEED,
                                    elem_id="seed")
@@ -373,12 +379,23 @@ def wire_settings(c: SimpleNamespace, p: SimpleNamespace) -> None:
     for control in (*taus.values(), start_index):
         control.input(change_preset_of, [*taus.values(), start_index], p.change_preset, queue=False,
                       api_visibility="private")
-    p.steps.change(h.on_steps, [p.steps, p.quality, p.inversion_steps, start_index], [p.inversion_steps, start_index],
-                   queue=False, api_visibility="private")
-    p.quality.input(h.on_quality, [p.quality, p.steps], [p.steps, p.inversion_steps], queue=False,
+    p.steps.change(h.on_steps, [p.steps, p.quality, p.inversion_steps, start_index, p.video_model],
+                   [p.inversion_steps, start_index], queue=False, api_visibility="private")
+    p.quality.input(h.on_quality, [p.quality, p.steps, p.video_model], [p.steps, p.inversion_steps], queue=False,
                     api_visibility="private")
     for control in (p.steps, p.inversion_steps):
         control.input(quality_label, [p.steps, p.inversion_steps], p.quality, queue=False, api_visibility="private")
+    wire_video_model(c, p)
+
+
+def wire_video_model(c: SimpleNamespace, p: SimpleNamespace) -> None:
+    """Choosing a video model applies its defaults to the settings it has defaults for and says so (or says,
+    in one sentence, that this server has not enabled it)."""
+    fields = {"frames": p.frames, "width": p.width, "height": p.height, "steps": p.steps,
+              "start_index": p.start_index, "guidance": p.guidance, "negative_prompt": p.negative_prompt, **p.taus}
+    outputs = [*fields.values(), p.inversion_steps, p.change_preset, p.quality, p.video_model_note]
+    on_video_model = edit_handlers.video_model_handler(c, list(fields), len(outputs))
+    p.video_model.input(on_video_model, p.video_model, outputs, queue=False, api_visibility="private")
 
 
 def wire_video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
@@ -388,7 +405,7 @@ def wire_video_edit_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
     run_inputs = dict(
         video=p.source_video, edited_frame=p.edited_frame, prompt=p.prompt, start_index=p.start_index, steps=p.steps,
         inversion_steps=p.inversion_steps, guidance=p.guidance, negative_prompt=p.negative_prompt, seed=p.seed,
-        keep_audio=p.keep_audio, browser=p.browser_state, **p.taus, **p.clip_inputs,
+        keep_audio=p.keep_audio, browser=p.browser_state, backbone=p.video_model, **p.taus, **p.clip_inputs,
     )
     lock_event = p.run_btn.click(h.lock, p.browser_state, [p.run_btn, *p.result_outputs], queue=False,
                                  api_visibility="private")
@@ -420,7 +437,7 @@ def wire_examples(c: SimpleNamespace, p: SimpleNamespace) -> None:
         *p.reset_outputs, p.source_video, p.edited_frame, p.prompt, *taus.values(), p.start_index, p.change_preset,
         p.frames, p.fps, p.width, p.height, p.resize_mode, p.start_time, p.end_time, p.steps, p.inversion_steps,
         p.quality]))
-    p.example_gallery.select(clip_handlers.example_handler(c, p), None, example_outputs, queue=False, api_visibility="private").then(
+    p.example_gallery.select(clip_handlers.example_handler(c, p), p.video_model, example_outputs, queue=False, api_visibility="private").then(
         None, js=SCROLL_TO_STEP_1).then(p.on_prepare_latest, p.prepare_inputs, p.prepare_outputs, **p.prepare_options).then(
         p.on_estimate, None, p.estimate_md, **p.estimate_options)
 

@@ -86,13 +86,17 @@ def build_config(
     guidance: Any = None,
     negative_prompt: str | None = None,
     seed: Any = None,
+    backbone: Any = None,
 ) -> EditConfig:
-    """The validated EditConfig for one request: page/API values over the server's base config.
+    """The validated EditConfig for one request: page/API values over the server's base config for the video
+    model `backbone` (None: I2VGen-XL).
 
     None (or a blank) keeps the base value, so API callers may leave any optional setting out. Raises
     ConfigError with one line naming the setting to change.
     """
-    base = settings.base_config()
+    from .video_models import check_backbone
+
+    base = settings.base_config(check_backbone(backbone))
     fps_value = whole_number(fps, base.fps, "fps")
     if not 1 <= fps_value <= 60:
         raise ConfigError(f"fps {fps_value} is outside 1..60.")

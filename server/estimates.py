@@ -34,7 +34,8 @@ class EditEstimator:
         from anyv2v.bench import edit_flops, model_flops_per_call, predicted_unet_calls
 
         try:
-            per_call = model_flops_per_call(config.model, int(frames), int(size[1]), int(size[0]))
+            per_call = model_flops_per_call(config.resolved_model(), int(frames), int(size[1]), int(size[0]),
+                                            backbone=config.backbone)
         except Exception as exc:  # noqa: BLE001 - an estimate is optional; the edit itself reports real errors
             logger.info("no time estimate: %s", exc)
             return None
@@ -48,7 +49,8 @@ class EditEstimator:
 
         seconds = (result.seconds or {}).get("inversion", 0.0) + (result.seconds or {}).get("sampling", 0.0)
         try:
-            per_call = model_flops_per_call(config.model, result.frames, result.size[1], result.size[0])
+            per_call = model_flops_per_call(config.resolved_model(), result.frames, result.size[1], result.size[0],
+                                            backbone=config.backbone)
         except Exception:  # noqa: BLE001
             return
         flops = edit_flops(result.unet_calls, per_call)["total"]

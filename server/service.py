@@ -16,13 +16,13 @@ from typing import Any
 
 from PIL import Image
 
-from anyv2v.config import EditConfig
+from anyv2v.config import DEFAULT_BACKBONE, EditConfig
 from anyv2v.errors import AnyV2VError, CancelledError, VideoError
 from anyv2v.files import unique_path
 from anyv2v.pipeline import BACKBONES, EditResult, prepare_clip
 from anyv2v.video import write_video
 
-from . import app_outputs, jobs, step_timing
+from . import app_outputs, jobs, step_timing, video_models
 from .checks import check_image_file
 from .clips import ClipCache, PreparedEntry
 from .estimates import EditEstimator
@@ -147,7 +147,7 @@ class EditService:
         device = self.settings.device_name
         if step_timing.edit_stage_flops(config, frames, size) is None:
             return ""
-        return self.timings.text(config, frames, size, device, self.model_loaded())
+        return self.timings.text(config, frames, size, device, self.model_loaded(config.backbone))
 
     # ---- step 2: the first frame ------------------------------------------------------------------------
 
@@ -197,13 +197,14 @@ class EditService:
 
     # ---- step 3: the video ------------------------------------------------------------------------------
 
-    def _model_key(self) -> tuple:
+    def _model_key(self, backbone: str = DEFAULT_BACKBONE) -> tuple:
         s = self.settings
-        return (s.model, s.device, s.dtype, s.cpu_offload)
+        return (s.model_for(backbone), s.device, s.dtype, s.cpu_offload, backbone)
 
-    def model_loaded(self) -> bool:
-        """Whether the video model is in memory (loaded by an edit of this service, or preloaded by another)."""
-        return self._model_key() in self._loaded or BACKBONES.holds(*self._model_key())
+    def model_loaded(self, backbone: str = DEFAULT_BACKBONE) -> bool:
+        """Whether the video model `backbone` is in memory (loaded by an edit of this service, or preloaded by
+        another)."""
+        return self._model_key(backbone) in self._loaded or BACKBONES.holds(*self._model_key(backbone))
 
     def preload(self) -> None:
         BACKBONES.get(self.settings.model, self.settings.device, self.settings.dtype, self.settings.cpu_offload)
@@ -218,6 +219,7 @@ class EditService:
         progress: Callable[[float, str], None] | None,
         stop: threading.Event,
     ) -> EditResult:
+        video_models.require_available(self.settings, config.backbone)  # one line; the details go to the log
         self.check_upload(video)
         self.check_upload(edited_frame, "edited first frame")
         check_image_file(edited_frame, "edited first frame")  # a bad image fails here, before any model work
@@ -228,8 +230,8 @@ class EditService:
                                                      self.settings.device_name),
         )
         with gpu_slot(stop):
-            tracker.start(loading=not self.model_loaded())
-            logger.info("video edit started: %d frames %dx%d, %d steps, %d inversion steps",
+            tracker.start(loading=not self.model_loaded(config.backbone))
+            logger.info("video edit started (%s): %d frames %dx%d, %d steps, %d inversion steps", config.backbone,
                         len(entry.prepared.frames), *entry.prepared.size, config.steps, config.inversion_steps)
             on_zero_gpu = jobs.spaces is not None  # callbacks cannot cross into the ZeroGPU worker process
             try:
@@ -241,7 +243,7 @@ class EditService:
             except CancelledError:
                 logger.info("video edit stopped after a cancel")
                 raise
-        self._loaded = {self._model_key()}
+        self._loaded = {self._model_key(config.backbone)}  # the engine keeps one model loaded
         self.estimator.record(config, result, self.settings.device_name)
         self.timings.record_edit(config, result, self.settings.device_name)
         logger.info("video edit done: %s (inversion %s)", result.video_path.name,
@@ -254,6 +256,7 @@ def startup_problem(settings: AppSettings) -> str | None:
     """What keeps the video model from loading (logged), else None; with `settings.preload`, loads it now and
     reports a failure as the problem (the server serves anyway; the page and the first edit say what is wrong)."""
     problem = check_model_source(settings.model)
+    video_models.log_sources(settings)  # the other video models: each one's source checked, problems logged
     if problem:
         logger.warning("%s", problem)
     elif settings.preload:

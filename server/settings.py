@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anyv2v.config import DEFAULT_MODEL, PRESETS, EditConfig, default_cache_dir, preset_config
+from anyv2v.config import DEFAULT_BACKBONE, DEFAULT_MODEL, PRESETS, EditConfig, default_cache_dir, preset_config
 from anyv2v.errors import AnyV2VError
 
 
@@ -69,6 +69,9 @@ class AppSettings:
     keep_hours: float = 24.0
     output_max_gb: float = 5.0
     auth: tuple[str, str] | None = None
+    # The other video models' sources (backbone name -> hub id or folder) from their env vars
+    # (ANYV2V_SEINE_MODEL, ANYV2V_CONSISTI2V_MODEL); I2VGen-XL's is `model` (ANYV2V_MODEL).
+    backbone_models: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "AppSettings":
@@ -94,6 +97,7 @@ class AppSettings:
             keep_hours=_env_number(env, "ANYV2V_KEEP_HOURS", base.keep_hours, float),
             output_max_gb=_env_number(env, "ANYV2V_OUTPUT_MAX_GB", base.output_max_gb, float),
             auth=parse_auth(env.get("ANYV2V_AUTH")),
+            backbone_models=backbone_models_from_env(env),
         )
 
     def replace(self, **changes: Any) -> "AppSettings":
@@ -128,10 +132,20 @@ class AppSettings:
             raise SystemExit(f"error: {exc}") from None
         return self
 
-    def base_config(self) -> EditConfig:
-        """The preset's EditConfig with this server's model, device and cache; requests change the rest."""
-        return preset_config(self.preset).replace(
-            model=self.model,
+    def model_for(self, backbone: str = DEFAULT_BACKBONE) -> str:
+        """The weights this server loads for `backbone`: its env var's value, else its default hub id ("" when
+        it has none, e.g. SEINE: not enabled here)."""
+        if backbone == DEFAULT_BACKBONE:
+            return self.model
+        from anyv2v.backbones import backbone_class
+
+        return self.backbone_models.get(backbone, "").strip() or backbone_class(backbone).default_model
+
+    def base_config(self, backbone: str = DEFAULT_BACKBONE) -> EditConfig:
+        """The preset's EditConfig over `backbone`'s defaults, with this server's model for it, device and cache;
+        requests change the rest."""
+        return preset_config(self.preset, backbone).replace(
+            model=self.model_for(backbone),
             device=self.device,
             dtype=self.dtype,
             cpu_offload=self.cpu_offload,
@@ -152,18 +166,50 @@ class AppSettings:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_model_source(model: str, timeout: float = 5.0) -> str | None:
-    """None when the video model can be loaded from here; else what is wrong and what to do (one paragraph)."""
-    from anyv2v.backbone import looks_like_path
+def backbone_models_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Each video model's source from its env var (I2VGen-XL's, ANYV2V_MODEL, is `AppSettings.model`)."""
+    from anyv2v.backbones import NAMES, backbone_class
 
+    models = {}
+    for name in NAMES:
+        if name == DEFAULT_BACKBONE:
+            continue
+        value = env.get(backbone_class(name).model_env, "").strip()
+        if value:
+            models[name] = value
+    return models
+
+
+_FOLDER_KINDS = {
+    "i2vgen-xl": "a diffusers-format I2VGen-XL",
+    "seine": "a converted SEINE (python -m anyv2v convert-seine)",
+    "consisti2v": "a ConsistI2V in TIGER-Lab/ConsistI2V's layout",
+}
+
+
+def check_model_source(model: str, timeout: float = 5.0, backbone: str = DEFAULT_BACKBONE) -> str | None:
+    """None when the video model `backbone` can be loaded from `model` here; else what is wrong and what to do
+    (one paragraph, for the operator)."""
+    from anyv2v.backbone import looks_like_path
+    from anyv2v.backbones import backbone_class
+    from anyv2v.backbones.base import folder_backbone
+
+    env_var = backbone_class(backbone).model_env
+    kind = _FOLDER_KINDS.get(backbone, f"a {backbone}")
+    flag = "" if backbone == DEFAULT_BACKBONE else f" --backbone {backbone}"
     demo = ("For a quick offline try with tiny random models (noise output), see 'Offline demo' in the README: "
-            "`python -m anyv2v make-tiny-model /tmp/tiny` and `ANYV2V_MODEL=/tmp/tiny`.")
+            f"`python -m anyv2v make-tiny-model{flag} /tmp/tiny` and `{env_var}=/tmp/tiny`.")
+    if not model.strip():
+        return f"The video model {backbone} has no model on this server: set {env_var} to {kind} folder. {demo}"
     if looks_like_path(model):
         folder = Path(os.path.expanduser(model))
         if not folder.is_dir():
-            return f"The model folder {folder.name} does not exist on this server. Set ANYV2V_MODEL to a diffusers-format I2VGen-XL folder or a hub id. {demo}"
+            return f"The model folder {folder.name} does not exist on this server. Set {env_var} to {kind} folder or a hub id. {demo}"
         if not (folder / "model_index.json").is_file() and not (folder / "unet").is_dir():
-            return f"The model folder {folder.name} is not a diffusers-format I2VGen-XL (no model_index.json or unet/). {demo}"
+            return f"The model folder {folder.name} is not {kind} (no model_index.json or unet/). {demo}"
+        found = folder_backbone(str(folder))
+        if found is not None and found != backbone:
+            return f"The model folder {folder.name} ({env_var}) holds a {found} model, not {backbone}; set {env_var} to {kind} folder."
         return None
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -174,7 +220,7 @@ def check_model_source(model: str, timeout: float = 5.0) -> str | None:
         pass
     if _env_bool(os.environ.get("HF_HUB_OFFLINE")):
         return (f"The video model {model} is not downloaded and HF_HUB_OFFLINE is set, so the first edit would fail. "
-                f"Unset HF_HUB_OFFLINE (with network access it downloads once), or set ANYV2V_MODEL to "
+                f"Unset HF_HUB_OFFLINE (with network access it downloads once), or set {env_var} to "
                 f"a local folder. {demo}")
     try:
         from huggingface_hub import HfApi
@@ -182,7 +228,7 @@ def check_model_source(model: str, timeout: float = 5.0) -> str | None:
         HfApi().model_info(model, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - any failure here means the first edit cannot download the model
         return (f"The video model {model} is not downloaded and the Hugging Face Hub cannot be reached "
-                f"({type(exc).__name__}). Check the network (or a proxy), or set ANYV2V_MODEL to a local folder. {demo}")
+                f"({type(exc).__name__}). Check the network (or a proxy), or set {env_var} to a local folder. {demo}")
     return None
 
 

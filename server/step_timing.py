@@ -133,7 +133,8 @@ def edit_stage_flops(config: Any, frames: int, size: tuple[int, int], cached_inv
     from anyv2v.bench import edit_flops, model_flops_per_call, predicted_unet_calls
 
     try:
-        per_call = model_flops_per_call(config.model, int(frames), int(size[1]), int(size[0]))
+        per_call = model_flops_per_call(config.resolved_model(), int(frames), int(size[1]), int(size[0]),
+                                        backbone=config.backbone)
     except Exception:  # noqa: BLE001 - an estimate is optional; the edit itself reports real errors
         return None
     return edit_flops(predicted_unet_calls(config, cached_inversion), per_call)
@@ -146,7 +147,8 @@ class EditTimings(StepTimings):
         from anyv2v.bench import edit_flops, model_flops_per_call
 
         try:
-            per_call = model_flops_per_call(config.model, result.frames, result.size[1], result.size[0])
+            per_call = model_flops_per_call(config.resolved_model(), result.frames, result.size[1], result.size[0],
+                                            backbone=config.backbone)
         except Exception:  # noqa: BLE001
             return
         self.record(device, (result.frames, *result.size), edit_flops(result.unet_calls, per_call), result.seconds or {})

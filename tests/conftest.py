@@ -33,6 +33,20 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_backbone_env(tmp_path_factory) -> dict[str, str]:
+    """Tiny random SEINE and ConsistI2V folders (the real writers), made once per session, as the app's env vars."""
+    from anyv2v.backbones import backbone_class
+
+    root = tmp_path_factory.mktemp("backbone-models")
+    env = {}
+    for name in ("seine", "consisti2v"):
+        cls = backbone_class(name)
+        cls.make_random_model(str(root / f"tiny-{name}"))
+        env[cls.model_env] = str(root / f"tiny-{name}")
+    return env
+
+
+@pytest.fixture(scope="session")
 def backbone(tiny_model):
     from anyv2v.pipeline import BACKBONES
 

@@ -86,9 +86,9 @@ def test_build_app_wires_queue_and_endpoints(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_backbone_env):
     root = tmp_path_factory.mktemp("app_api")
-    env = make_models(root / "models", ip2p=True)
+    env = {**make_models(root / "models", ip2p=True), **tiny_backbone_env}  # all three video models
     with run_app(root, env, ("--max-upload-mb", "1", "--queue-size", "4")) as running:
         yield running
 
@@ -350,3 +350,68 @@ def test_edit_video_errors_are_actionable(client, server, tmp_path):
                            api_name="/edit_video", **TINY_EDIT)
         assert "show_error" not in str(info.value)
     assert "unexpected error" not in server.log()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The video model as a choice (issues 16 and 17): /edit_video's `backbone`, on tiny SEINE and ConsistI2V
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _edit_with(client, **settings):
+    from gradio_client import handle_file
+
+    video, settings_json = client.predict(
+        video=handle_file(str(CLIP)), edited_frame=handle_file(str(EDITED)), prompt=PROMPT, api_name="/edit_video",
+        **settings,
+    )
+    assert read_mp4(video)[:2] == (settings["frames"], (settings["width"], settings["height"]))
+    return json.loads(Path(settings_json).read_text())
+
+
+def test_edit_video_on_seine_and_its_own_inversion(client, server):
+    """backbone="seine": the settings JSON names it, 20 inversion steps serve its 10 DDPM steps (they read t+1
+    from a kept grid of half the inversion steps; 10 is refused below), its defaults stand for the I2VGen-XL ones
+    left out, and the inversion is SEINE's own (never I2VGen-XL's of the same clip), reused by the next SEINE edit."""
+    tiny = {**TINY_EDIT, "inversion_steps": 20}
+    plain = _edit_with(client, **tiny)  # I2VGen-XL first, on the same clip, seed and inversion steps
+    assert plain["settings"]["backbone"] == "i2vgen-xl" and plain["settings"]["guidance"] == 9.0
+    first = _edit_with(client, **tiny, backbone="seine")
+    settings = first["settings"]
+    assert settings["backbone"] == "seine" and settings["inversion_steps"] == 20
+    assert settings["guidance"] == 4.0 and settings["negative_prompt"] == ""  # SEINE's, not I2VGen-XL's 9
+    assert first["inversion_from_cache"] is False and first["unet_calls"]["inversion"] == 20
+    assert first["model"] == "tiny-seine"
+    second = _edit_with(client, **tiny, backbone="seine", tau_conv=1.0)
+    assert second["inversion_from_cache"] is True and second["settings"]["tau_conv"] == 1.0
+
+
+def test_edit_video_on_consisti2v(client, server):
+    record = _edit_with(client, **TINY_EDIT, backbone="consisti2v")
+    settings = record["settings"]
+    assert settings["backbone"] == "consisti2v" and record["model"] == "tiny-consisti2v"
+    # ConsistI2V's own defaults for what the call left at I2VGen-XL's: guidance 35, start index 4, its negative
+    # prompt, the source branch on the edited frame.
+    assert settings["guidance"] == 35.0 and settings["start_index"] == 4
+    from anyv2v.backbones.consisti2v import NEGATIVE_PROMPT
+
+    assert settings["source_branch_frame"] == "edited" and settings["negative_prompt"] == NEGATIVE_PROMPT
+    assert sum(record["unet_calls"]["sampling"].values()) == 10 - 4
+    # A setting given other than at I2VGen-XL's default is kept.
+    again = _edit_with(client, **TINY_EDIT, backbone="consisti2v", guidance=12.0, start_index=2)
+    assert again["settings"]["guidance"] == 12.0 and again["settings"]["start_index"] == 2
+
+
+def test_edit_video_backbone_errors_are_one_line(client, server):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        client.predict(video=handle_file(str(CLIP)), edited_frame=handle_file(str(EDITED)), prompt=PROMPT,
+                       api_name="/edit_video", **TINY_EDIT, backbone="sora")
+    message = str(info.value)
+    assert "Backbone 'sora' is not a video model of this app; use one of i2vgen-xl, seine, consisti2v" in message
+    assert "\n" not in message.strip() and "Traceback" not in message
+    seine_grid = r"Inversion_steps=10 .* does not keep latents.*use inversion_steps in: 20, 40"  # one line
+    with pytest.raises(AppError, match=seine_grid):
+        client.predict(video=handle_file(str(CLIP)), edited_frame=handle_file(str(EDITED)), prompt=PROMPT,
+                       api_name="/edit_video", **TINY_EDIT, backbone="seine")

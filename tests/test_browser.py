@@ -23,9 +23,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_backbone_env):
     root = tmp_path_factory.mktemp("app_browser")
-    with run_app(root, make_models(root / "models")) as running:
+    with run_app(root, {**make_models(root / "models"), **tiny_backbone_env}) as running:
         yield running
 
 
@@ -143,6 +143,47 @@ def test_upload_edit_with_manual_frame_and_play_result(page, server, tmp_path):
     assert "Traceback" not in page.content()
     outputs = sorted(server.output_dir.glob("*-edit-*.mp4"))
     assert outputs and outputs[-1].with_suffix(".json").is_file()
+
+
+def test_choosing_a_video_model_applies_its_defaults_and_edits_with_it(page, server, tmp_path):
+    """Advanced settings > Video model: ConsistI2V sets its 256x256, guidance 35 and start index 4 and says so;
+    SEINE offers only inversion step counts its grid serves (20, not 10, for 10 steps) and edits the video."""
+    from playwright.sync_api import expect
+
+    page.get_by_text("Advanced settings").click()
+    # The first number typed into the just-opened accordion can stay in the box without reaching the server
+    # (seen with Playwright's fill; see set_number): one warm-up change first, which the model choice resets.
+    set_number(page, "steps", 12)
+    page.wait_for_timeout(1000)
+    choose(page, "video-model", "ConsistI2V")
+    expect(page.locator("#video-model-note")).to_contain_text("Applied ConsistI2V's defaults: 256×256")
+    for elem_id, value in (("width", "256"), ("height", "256"), ("guidance", "35"), ("start-index", "4")):
+        expect(page.locator(f"#{elem_id} input[type=number]").first).to_have_value(value)
+    choose(page, "video-model", "SEINE")
+    expect(page.locator("#video-model-note")).to_contain_text("Applied SEINE's defaults: 512×512")
+    expect(page.locator("#guidance input[type=number]").first).to_have_value("4")
+    page.wait_for_timeout(3000)
+    set_number(page, "steps", TINY_EDIT["steps"])
+    box = page.locator("#inversion-steps input").first
+    box.click()
+    expect(page.get_by_role("option", name="20", exact=True)).to_have_count(1)
+    offered = page.get_by_role("option").all_inner_texts()
+    assert "10" not in offered and "40" in offered  # 10 is not on SEINE's kept grid for 10 steps
+    page.get_by_role("option", name="20", exact=True).click()
+    expect(box).to_have_value("20")
+    prepare_small_clip(page)
+    page.locator("#edited-frame input[type=file]").set_input_files(str(EDITED))
+    expect(page.locator("#frame-status")).to_contain_text("Using the uploaded frame", timeout=60_000)
+    page.locator("#prompt textarea").fill(PROMPT)
+    page.locator("#run-btn").click()
+    outcome = page.wait_for_function(WAIT_FOR_RESULT_JS, timeout=EDIT_TIMEOUT_MS).json_value()
+    page.screenshot(path=str(tmp_path / "seine-result.png"), full_page=True)
+    assert outcome == "ok", outcome
+    assert "video edit started (seine)" in server.log()
+    import json
+
+    record = json.loads(sorted(server.output_dir.glob("*-edit-*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text())
+    assert record["settings"]["backbone"] == "seine" and record["settings"]["inversion_steps"] == 20
 
 
 def test_jpeg_edited_frame_from_a_phone_gets_a_video(page, server, tmp_path):

@@ -18,7 +18,7 @@ from server.checks import build_config, whole_number
 from server.editor_params import ApiEditorParam, editor_values
 from server.jobs import run_cancellable
 from server.messages import edit_status
-from server.presets import derive_inversion_steps, scheduler_config
+from server import video_models
 from server.service import EditService
 from server.settings import AppSettings
 
@@ -117,6 +117,7 @@ def _api_edit_video(jobs: EditService, settings: AppSettings, base: EditConfig) 
         gr.Dropdown(list(RESIZE_MODES), value=base.resize_mode, label="resize_mode"),
         gr.Checkbox(label="keep_audio", value=False),
         gr.Number(label="end_time", value=None),
+        gr.Dropdown(list(video_models.names()), value=base.backbone, label="backbone", allow_custom_value=True),
     ]
 
     async def edit_video(
@@ -126,23 +127,28 @@ def _api_edit_video(jobs: EditService, settings: AppSettings, base: EditConfig) 
         negative_prompt: str = base.negative_prompt, seed: int = base.seed, frames: int = base.frames,
         fps: int = base.fps, width: int = base.width, height: int = base.height, start_time: float = 0.0,
         resize_mode: str = base.resize_mode, keep_audio: bool = False, end_time: float | None = None,
+        backbone: str = base.backbone,
         progress: gr.Progress = gr.Progress(), request: gr.Request = None,  # type: ignore[assignment]
     ) -> tuple[str, str]:
         """Edit `video` so it follows `edited_frame` (transparent areas keep the source). Returns the edited mp4
-        and its settings JSON. Leave inversion_steps out to use the valid count nearest the server's preset."""
+        and its settings JSON. Leave inversion_steps out to use the valid count nearest the server's preset.
+        backbone: the video model (i2vgen-xl, seine, consisti2v); with another than i2vgen-xl, a setting left at
+        its default above takes that model's own default."""
         if not edited_frame:
             raise gr.Error("edited_frame is required: the edited first frame as an image file.")
         with reported("editing the video", [video, edited_frame]):
-            steps_value = whole_number(steps, base.steps, "steps")
+            name = video_models.check_backbone(backbone)
+            video_models.require_available(settings, name)
+            values = video_models.api_values(settings, name, dict(
+                tau_conv=tau_conv, tau_sa=tau_sa, tau_ta=tau_ta, start_index=start_index, steps=steps,
+                guidance=guidance, negative_prompt=negative_prompt, seed=seed, frames=frames, fps=fps, width=width,
+                height=height, start_time=start_time, end_time=end_time, resize_mode=resize_mode,
+                keep_audio=keep_audio))
+            own = settings.base_config(name)
+            steps_value = whole_number(values["steps"], own.steps, "steps")
             if inversion_steps is None and steps_value >= 1:
-                inversion_steps = derive_inversion_steps(scheduler_config(settings.model), steps_value,
-                                                         base.inversion_steps)
-            config = build_config(
-                settings, tau_conv=tau_conv, tau_sa=tau_sa, tau_ta=tau_ta, start_index=start_index, steps=steps,
-                inversion_steps=inversion_steps, guidance=guidance, negative_prompt=negative_prompt, seed=seed,
-                frames=frames, fps=fps, width=width, height=height, start_time=start_time, end_time=end_time,
-                resize_mode=resize_mode, keep_audio=keep_audio,
-            )
+                inversion_steps = video_models.derive_inversion_steps(settings, name, steps_value, own.inversion_steps)
+            config = build_config(settings, inversion_steps=inversion_steps, backbone=name, **values)
             with jobs.session_job(request.session_hash if request else None) as stop:  # stops if the client leaves
                 result = await run_cancellable(lambda stop: jobs.edit_video(
                     jobs.check_upload(video), edited_frame, prompt, config, progress_fn(progress), stop), stop)

@@ -12,7 +12,8 @@ import gradio as gr
 
 from server.checks import build_config
 from server.examples import example_clip_settings
-from server.presets import change_preset_of, derive_inversion_steps, quality_label, valid_inversion_steps
+from server import video_models
+from server.presets import change_preset_of, quality_label
 from server.region_tools import brush_size
 
 from .widgets import user_error
@@ -85,13 +86,14 @@ def video_step_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespa
 
 def example_handler(c: SimpleNamespace, p: SimpleNamespace):
     """on_example: an example's video, edited frame, prompt and settings, small settings on a CPU, the rest reset."""
-    examples, sched, base = c.examples, c.sched, c.base
+    examples = c.examples
     small = example_clip_settings(c.settings)
     taus = p.taus
 
-    def on_example(evt: gr.SelectData) -> dict:
+    def on_example(backbone: str, evt: gr.SelectData) -> dict:  # inversion steps on the chosen model's grid
         example = examples[int(evt.index)]
-        inversion = derive_inversion_steps(sched, small["steps"], base.inversion_steps)
+        inversion = video_models.derive_inversion_steps(c.settings, backbone, small["steps"],
+                                                        c.settings.base_config(backbone).inversion_steps)
         values = dict(zip(p.reset_outputs, p.on_new_video()))
         values.update({
             p.source_video: example.video, p.edited_frame: example.edited_frame, p.prompt: example.prompt,
@@ -101,7 +103,8 @@ def example_handler(c: SimpleNamespace, p: SimpleNamespace):
                                               example.start_index),
             p.frames: small["frames"], p.fps: small["fps"], p.width: small["width"], p.height: small["height"],
             p.resize_mode: "crop", p.start_time: 0, p.end_time: None, p.steps: small["steps"],
-            p.inversion_steps: gr.Dropdown(choices=valid_inversion_steps(sched, small["steps"]), value=inversion),
+            p.inversion_steps: gr.Dropdown(choices=video_models.inversion_choices(c.settings, backbone, small["steps"]),
+                                           value=inversion),
             p.quality: quality_label(small["steps"], inversion),
             p.frame_status: "Using the example's edited frame for the video edit (step 3).",
         })

@@ -20,7 +20,8 @@ from anyv2v.errors import CancelledError
 from server.checks import build_config
 from server.jobs import run_cancellable
 from server.messages import edit_status
-from server.presets import CHANGE_PRESETS, derive_inversion_steps, preset_values, valid_inversion_steps
+from server import video_models
+from server.presets import CHANGE_PRESETS, change_preset_of, preset_values, quality_label
 
 from .widgets import progress_fn, reported
 
@@ -32,7 +33,7 @@ CANCELLED = "**Cancelled.** Nothing was written; the previous result was cleared
 def settings_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespace:
     """on_change_preset (the preset by intent sets the four sliders), on_steps (the inversion steps offered and
     the start index follow the sampling steps) and on_quality (a quality preset sets both step counts)."""
-    taus, sched, base = p.taus, c.sched, c.base
+    taus, base, settings = p.taus, c.base, c.settings
 
     def on_change_preset(name: str):
         if name not in CHANGE_PRESETS:
@@ -42,22 +43,44 @@ def settings_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespace
     def target_inversion(preset: str, current: Any) -> int:
         return preset_config(preset).inversion_steps if preset in PRESETS else int(current or base.inversion_steps)
 
-    def on_steps(value: Any, preset: str, current: Any, start: Any):
+    def on_steps(value: Any, preset: str, current: Any, start: Any, backbone: str):  # on the backbone's own grid
         count = max(int(value or 1), 1)
-        valid = valid_inversion_steps(sched, count)
-        chosen = int(current) if current in valid else derive_inversion_steps(sched, count, target_inversion(preset, current))
+        valid = video_models.inversion_choices(settings, backbone, count)
+        chosen = int(current) if current in valid else video_models.derive_inversion_steps(
+            settings, backbone, count, target_inversion(preset, current))
         top = max(count - 1, 0)
         return gr.Dropdown(choices=valid, value=chosen), gr.Slider(maximum=max(top, 1), value=min(int(start or 0), top))
 
-    def on_quality(name: str, current_steps: Any):
+    def on_quality(name: str, current_steps: Any, backbone: str):
         if name not in PRESETS:
             return gr.skip(), gr.skip()
         values = preset_values(name)
-        valid = valid_inversion_steps(sched, values["steps"])
-        return values["steps"], gr.Dropdown(choices=valid, value=derive_inversion_steps(
-            sched, values["steps"], values["inversion_steps"]))
+        valid = video_models.inversion_choices(settings, backbone, values["steps"])
+        return values["steps"], gr.Dropdown(choices=valid, value=video_models.derive_inversion_steps(
+            settings, backbone, values["steps"], values["inversion_steps"]))
 
     return SimpleNamespace(on_change_preset=on_change_preset, on_steps=on_steps, on_quality=on_quality)
+
+
+def video_model_handler(c: SimpleNamespace, fields: list[str], n_outputs: int):
+    """on_video_model: a video model's defaults for the page's `fields`, then the inversion steps, the preset
+    labels and a note; only the note when this server has not enabled that model."""
+    settings = c.settings
+
+    def on_video_model(name: str):
+        note = video_models.defaults_note(settings, name)
+        if note == video_models.unavailable_sentence(name):
+            return [*[gr.skip()] * (n_outputs - 1), note]
+        values = video_models.page_defaults(settings, name)
+        top = max(values["steps"] - 1, 1)
+        shown = [gr.Slider(maximum=top, value=values[key]) if key == "start_index" else values[key] for key in fields]
+        inversion = gr.Dropdown(choices=video_models.inversion_choices(settings, name, values["steps"]),
+                                value=values["inversion_steps"])
+        return [*shown, inversion, change_preset_of(values["tau_conv"], values["tau_sa"], values["tau_ta"],
+                                                    values["start_index"]),
+                quality_label(values["steps"], values["inversion_steps"]), note]
+
+    return on_video_model
 
 
 def video_edit_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespace:
