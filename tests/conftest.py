@@ -12,6 +12,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# One torch/OpenMP thread, here and in every server or CLI process a test starts (they inherit it): the tests'
+# models are tiny, all overhead and no arithmetic, and with several threads on a small, busy machine they spin at
+# barriers (a CLI bench test: 21 s with the default threads on 2 busy cores, 9 s with one). A caller's own setting
+# wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO.parent / "shared" / "data" / "demo"

@@ -301,6 +301,21 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           text=True, timeout=240)
 
 
+def run_clis(*arg_lists: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """`run_cli` for independent commands, started together (one core each) and awaited in order."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    processes = [
+        (args, subprocess.Popen([sys.executable, "-m", "editors", *args], cwd=REPO, env=full_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for args in arg_lists
+    ]
+    results = []
+    for args, process in processes:
+        stdout, stderr = process.communicate(timeout=240)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return results
+
+
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     """`python -m editors ARGS` in this process (the same `main` the module runs): (exit code, stdout, stderr)."""
     from editors.__main__ import main
@@ -513,29 +528,37 @@ def test_converter_messages_are_one_clear_line(tmp_path: Path) -> None:
     plain.write_bytes(pickle.dumps({"state_dict": RunsCode(marker)}, protocol=4))
     named.write_bytes(pickle.dumps({"state_dict": RunsCode(marker)}, protocol=2))
     refused = "safe loading (torch.load with weights_only=True) refused it and nothing in it ran."
-    result = run_cli("convert-anydoor", str(plain), str(tmp_path / "out"))
+    folder, taken = tmp_path / "ckpt-folder", tmp_path / "taken"
+    folder.mkdir()
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    # Four independent processes (none writes anything), run side by side.
+    from_plain, from_named, from_folder, into_taken = run_clis(
+        ("convert-anydoor", str(plain), str(tmp_path / "out")),
+        ("convert-anydoor", str(named), str(tmp_path / "out")),
+        ("convert-anydoor", str(folder), str(tmp_path / "out")),
+        ("convert-anydoor", str(plain), str(taken)),
+    )
+    result = from_plain
     assert result.returncode == 1 and "Warning" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {plain} is a plain pickle, not an AnyDoor checkpoint of tensors; {refused} Give the official AnyDoor "
         "checkpoint epoch=1-step=8687.ckpt (see docs/editors.md)."
     )
-    result = run_cli("convert-anydoor", str(named), str(tmp_path / "out"))
+    result = from_named
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and "Warning" not in result.stderr
     assert last.startswith(f"error: {named} holds a pickled posix.system object, not only tensors; {refused}")
     assert not marker.exists() and not (tmp_path / "out").exists()
 
-    folder = tmp_path / "ckpt-folder"
-    folder.mkdir()
-    result = run_cli("convert-anydoor", str(folder), str(tmp_path / "out"))
+    result = from_folder
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: checkpoint {folder} is a folder; give the checkpoint file itself (epoch=1-step=8687.ckpt, or a "
         "weights-only copy or .safetensors)."
     )
-    (folder / "notes.txt").write_text("mine")
-    result = run_cli("convert-anydoor", str(plain), str(folder))
+    result = into_taken
     assert result.stderr.strip() == (
-        f"error: {folder} already exists and is not an empty folder; give a new folder for the converted AnyDoor model."
+        f"error: {taken} already exists and is not an empty folder; give a new folder for the converted AnyDoor model."
     )
 
 

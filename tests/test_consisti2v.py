@@ -225,21 +225,23 @@ def test_edit_counts_calls_reuses_its_cache_and_keys_it_by_backbone(tiny_ci2v, t
     assert not third.inversion_from_cache and len(list(cache.glob("*.safetensors"))) == 2
 
 
-def test_cli_make_tiny_model_and_bench_with_the_reference_calls(tmp_path, demo):
+def test_cli_make_tiny_model_and_bench_with_the_reference_calls(tmp_path, demo, capsys):
+    """The CLI's commands in this process (`python -m anyv2v` runs the same `main`; the process boundary is
+    tested in test_engine and test_reliability)."""
     from anyv2v.cli import main
 
     model = tmp_path / "ci2v"
     assert main(["make-tiny-model", "--backbone", "consisti2v", str(model)]) == 0
     index = json.loads((model / "model_index.json").read_text())
     assert index["unet"] == ["consisti2v.models.videoldm_unet", "VideoLDMUNet3DConditionModel"]
-    cmd = [
-        sys.executable, "-m", "anyv2v", "bench", "--backbone", "consisti2v", "--model", str(model), "--video",
+    capsys.readouterr()
+    args = [
+        "bench", "--backbone", "consisti2v", "--model", str(model), "--video",
         str(demo / "kitten.mp4"), "--edited-frame", str(demo / "edited" / "kitten__dog.png"), "--size", "64x64",
         "--frames", "4", "--steps", "10", "--inversion-steps", "20", "--start-index", "1",
     ]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
     assert report["backbone"] == "consisti2v" and report["unet_calls"] == {"inversion": 20, "sampling": {"3": 4, "2": 5}}
     # The official scripts: 20 inversion + a 10-step reconstruction at batch 1, the 9 edit steps at batch 3.
     assert report["reference_unet_calls"] == {"inversion": 30, "sampling": {"3": 9}}

@@ -384,8 +384,9 @@ def test_the_same_frames_encode_to_the_same_bytes_whatever_the_heap_held_before(
 
 
 def test_the_same_edit_in_two_processes_gives_the_same_frames(tiny_model, demo, tmp_path):
-    """Two fresh processes, each with its own empty cache (so each computes its own inversion), one seed."""
-    outputs = []
+    """Two fresh processes, each with its own empty cache (so each computes its own inversion), one seed; they
+    run at the same time (independent processes, so the order does not matter and the test takes one run)."""
+    outputs, processes = [], []
     for run in ("first", "second"):
         out = tmp_path / f"{run}.mp4"
         cmd = [
@@ -394,9 +395,13 @@ def test_the_same_edit_in_two_processes_gives_the_same_frames(tiny_model, demo, 
             "--model", str(tiny_model), "--size", "64x64", "--frames", "4", "--steps", "10",
             "--inversion-steps", "10", "--random-ratio", "0.3", "--seed", "1234", "--cache-dir", str(tmp_path / run),
         ]
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes side by side: one core each
+        processes.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True))
         outputs.append(out)
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
     first, second = (np.stack([np.asarray(f) for f in read_video(path, frames=0, fps=8).frames]) for path in outputs)
     assert first.shape == (4, 64, 64, 3)
     assert np.array_equal(first, second)
