@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import resource
 import sys
 from typing import Any
@@ -14,13 +15,33 @@ from .config import DEFAULT_BACKBONE
 def unet_flops_per_call(
     unet_config: dict, frames: int, height: int, width: int, vae_scale: int = 8, backbone: str = DEFAULT_BACKBONE
 ) -> int:
-    """FLOPs of one batch-1 UNet forward at this clip size, counted on the meta device (no memory, no weights)."""
+    """FLOPs of one batch-1 UNet forward at this clip size, counted on the meta device (no memory, no weights).
+
+    Counting traces every op of the forward in Python (seconds even for a tiny UNet), and a server asks for the
+    same few sizes at every request and progress update: the count is remembered per (config, size, backbone)."""
+    import json
+
+    config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
+    size = (int(frames), int(height) // vae_scale, int(width) // vae_scale, backbone)
+    try:
+        key = json.dumps(config, sort_keys=True)
+    except TypeError:  # not a config read from a file: count it, unremembered
+        return _count_unet_flops(config, *size)
+    return _remembered_unet_flops(key, *size)
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_unet_flops(config_json: str, frames: int, h: int, w: int, backbone: str) -> int:
+    import json
+
+    return _count_unet_flops(json.loads(config_json), frames, h, w, backbone)
+
+
+def _count_unet_flops(config: dict, frames: int, h: int, w: int, backbone: str) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from .backbones import backbone_class
 
-    config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
-    h, w = height // vae_scale, width // vae_scale
     with torch.device("meta"):
         call = backbone_class(backbone).meta_unet_call(config, frames, h, w)
         with FlopCounterMode(display=False) as counter:
