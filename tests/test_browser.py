@@ -72,9 +72,18 @@ def set_number(page, elem_id: str, value: int) -> None:
 def choose(page, elem_id: str, value: int) -> None:
     """Pick a value of a dropdown by typing it and pressing Enter, as a user does; check it stuck."""
     box = page.locator(f"#{elem_id} input").first
-    box.click()
-    box.fill(str(value))
-    page.get_by_role("option", name=str(value), exact=True).first.click()
+    option = page.get_by_role("option", name=str(value), exact=True).first
+    for _ in range(5):  # a server update of the choices (e.g. after a steps change) can land while typing
+        box.click()
+        box.fill("")
+        box.press_sequentially(str(value), delay=30)
+        try:
+            option.wait_for(timeout=5_000)
+            break
+        except Exception:
+            box.press("Escape")
+            page.wait_for_timeout(1_000)
+    option.click()
     page.wait_for_timeout(300)
     assert box.input_value() == str(value), box.input_value()
 
