@@ -357,16 +357,22 @@ def test_cli_list() -> None:
 
 def test_cli_make_tiny_model_prints_one_line_like_the_engine(tmp_path: Path) -> None:
     """Every make-tiny-model command prints the same kind of line: `wrote a tiny random <model> to <folder>`."""
-    result = run_cli("make-tiny-model", "--editor", "instruct_pix2pix", str(tmp_path / "ip2p"))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"wrote a tiny random InstructPix2Pix model to {tmp_path / 'ip2p'}"
-    assert "Writing model shards" not in result.stderr
-    engine = subprocess.run(
-        [sys.executable, "-m", "anyv2v", "make-tiny-model", str(tmp_path / "i2v")], cwd=REPO, capture_output=True,
-        text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-    )
-    assert engine.returncode == 0, engine.stderr
-    assert engine.stdout.strip().startswith("wrote a tiny random I2VGen-XL") and str(tmp_path / "i2v") in engine.stdout
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    commands = {  # side by side: two processes, one core each
+        "editors": [sys.executable, "-m", "editors", "make-tiny-model", "--editor", "instruct_pix2pix",
+                    str(tmp_path / "ip2p")],
+        "engine": [sys.executable, "-m", "anyv2v", "make-tiny-model", str(tmp_path / "i2v")],
+    }
+    running = {name: subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name, cmd in commands.items()}
+    done = {name: (proc.communicate(timeout=120), proc.returncode) for name, proc in running.items()}
+    (out, err), code = done["editors"]
+    assert code == 0, err
+    assert out.strip() == f"wrote a tiny random InstructPix2Pix model to {tmp_path / 'ip2p'}"
+    assert "Writing model shards" not in err
+    (out, err), code = done["engine"]
+    assert code == 0, err
+    assert out.strip().startswith("wrote a tiny random I2VGen-XL") and str(tmp_path / "i2v") in out
 
 
 def test_cli_run_nst_writes_candidates(vgg_model: Path, tmp_path: Path) -> None:
