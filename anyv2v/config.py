@@ -181,7 +181,7 @@ class EditConfig:
             raise ConfigError("cache_dir is empty; give a folder for the inversion cache.")
         if self.source_branch_frame not in SOURCE_BRANCH_FRAMES:
             raise ConfigError(
-                f"source_branch_frame={self.source_branch_frame!r} is not one of {', '.join(SOURCE_BRANCH_FRAMES)}."
+                f"source_branch_frame={quoted(self.source_branch_frame)} is not one of {', '.join(SOURCE_BRANCH_FRAMES)}."
             )
         if self.memory not in MEMORY_MODES:
             raise ConfigError(f"memory={quoted(self.memory)} is not one of {', '.join(MEMORY_MODES)}.")

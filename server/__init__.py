@@ -8,7 +8,6 @@ the first-frame editors (`editors`). One module per concern:
 - `clips`: the prepared-clip cache
 - `jobs`: the GPU slot, GPU jobs, progress and cancel
 - `retention`: deleting old outputs and stale partial files
-- `estimates`: how long an edit will take
 - `editor_params`: the API's editor parameters (the union of every editor's inputs)
 - `examples`: the page's examples
 - `app_outputs`: the app's own output subfolder, the names it owns, files published whole

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,6 +77,16 @@ def strip_paths(message: str, paths: Sequence[str | None]) -> str:
     return message
 
 
+# An absolute or home-relative path of two or more parts, as a word of its own (not the "//" of a URL).
+_SERVER_PATH = re.compile(r"(?<![\w:/.~-])~?/(?:[\w.@+-]+/)+[\w.@+-]*")
+
+
+def hide_server_paths(message: str) -> str:
+    """Server paths (model folders, caches) in a message for a web user become their last part: a visitor cannot
+    use them, and they tell strangers about the server."""
+    return _SERVER_PATH.sub(lambda m: os.path.basename(m.group(0).rstrip("/")) or "a server folder", message)
+
+
 def user_message(exc: BaseException, action: str, paths: Sequence[str | None] = ()) -> tuple[str, bool]:
     """(one-line message, expected) for `exc` raised while doing `action` (e.g. 'editing the video').
 
@@ -98,7 +109,10 @@ def user_message(exc: BaseException, action: str, paths: Sequence[str | None] = 
         first_word = text.split(" ", 1)[0]
         if "." not in first_word and "/" not in first_word:  # a sentence; a file name keeps its case
             text = text[:1].upper() + text[1:] if text else type(exc).__name__
-        return strip_paths(text, paths), True
+        shown = hide_server_paths(strip_paths(text, paths))
+        if shown != strip_paths(text, paths):  # the operator still gets the whole message
+            logger.warning("while %s: %s", action, text)
+        return shown, True
     logger.error("unexpected error while %s", action, exc_info=(type(exc), exc, exc.__traceback__))
     return (
         f"Something went wrong while {action} ({type(exc).__name__}). The details are in the server log. "

@@ -25,9 +25,8 @@ from anyv2v.video import write_video
 from . import app_outputs, jobs, step_timing, video_models
 from .checks import check_image_file
 from .clips import ClipCache, PreparedEntry
-from .estimates import EditEstimator
 from .jobs import EngineProgress, gpu_edit_frame, gpu_edit_video, gpu_slot
-from .messages import clip_summary, format_duration
+from .messages import clip_summary
 from .retention import prune_outputs, sweep_stale
 from .settings import AppSettings, check_model_source
 
@@ -41,7 +40,6 @@ class EditService:
         self.settings = settings
         self.output_dir = app_outputs.app_output_dir(settings.output_dir)  # the app's own subfolder
         self.clips = ClipCache(settings.clip_cache_mb * 2**20)
-        self.estimator = EditEstimator()
         self.timings = step_timing.EditTimings()  # the page's estimates: measured step times (issue 14 item 11)
         self._loaded: set[tuple] = set()  # models this process has loaded (BACKBONES keeps the latest)
         self._stops: dict[tuple[str, str], threading.Event] = {}  # (session, kind) -> stop flag of its latest job
@@ -244,7 +242,6 @@ class EditService:
                 logger.info("video edit stopped after a cancel")
                 raise
         self._loaded = {self._model_key(config.backbone)}  # the engine keeps one model loaded
-        self.estimator.record(config, result, self.settings.device_name)
         self.timings.record_edit(config, result, self.settings.device_name)
         logger.info("video edit done: %s (inversion %s)", result.video_path.name,
                     "reused" if result.inversion_from_cache else "computed")

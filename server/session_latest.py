@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
@@ -25,27 +26,32 @@ class LatestWins:
         self._counter = itertools.count(1)
         self._latest: OrderedDict[str, int] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
+        # forget() comes from the unload handler, which Gradio runs in a worker thread; the rest on the event loop
+        self._guard = threading.Lock()
 
     def ticket(self, session: str) -> int:
         """A new request of `session`: it supersedes every earlier one."""
-        number = next(self._counter)
-        self._latest[session] = number
-        self._latest.move_to_end(session)
-        while len(self._latest) > MAX_SESSIONS:
-            old, _ = self._latest.popitem(last=False)
-            lock = self._locks.get(old)
-            if lock is not None and not lock.locked():
-                del self._locks[old]
-        return number
+        with self._guard:
+            number = next(self._counter)
+            self._latest[session] = number
+            self._latest.move_to_end(session)
+            while len(self._latest) > MAX_SESSIONS:
+                old, _ = self._latest.popitem(last=False)
+                lock = self._locks.get(old)
+                if lock is not None and not lock.locked():
+                    del self._locks[old]
+            return number
 
     def is_latest(self, session: str, ticket: int) -> bool:
-        return self._latest.get(session) == ticket
+        with self._guard:
+            return self._latest.get(session) == ticket
 
     @contextlib.asynccontextmanager
     async def turn(self, session: str, ticket: int) -> AsyncIterator[bool]:
         """Wait for the session's running request to end; yield whether this one is still the latest (False:
         drop it, a later request will show its own result)."""
-        lock = self._locks.setdefault(session, asyncio.Lock())
+        with self._guard:
+            lock = self._locks.setdefault(session, asyncio.Lock())
         if not self.is_latest(session, ticket):
             yield False
             return
@@ -53,7 +59,8 @@ class LatestWins:
             yield self.is_latest(session, ticket)
 
     def forget(self, session: str) -> None:
-        self._latest.pop(session, None)
-        lock = self._locks.get(session)
-        if lock is not None and not lock.locked():
-            del self._locks[session]
+        with self._guard:
+            self._latest.pop(session, None)
+            lock = self._locks.get(session)
+            if lock is not None and not lock.locked():
+                del self._locks[session]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from typing import Any
 
 from anyv2v.config import DEFAULT_BACKBONE
@@ -100,27 +101,36 @@ def log_sources(settings: AppSettings) -> dict[str, str | None]:
 
 
 @functools.lru_cache(maxsize=16)
-def _plan(name: str, model: str):
-    """The backbone's timestep plan from its scheduler config; the default grid when the model cannot be read
-    (not configured, not downloaded): the grids depend only on the step counts and the training timesteps."""
+def _read_plan(name: str, model: str):
     from anyv2v.backbones import backbone_class
 
-    cls = backbone_class(name)
-    try:
-        return cls.timestep_plan(model)
-    except (AnyV2VError, OSError, ValueError) as exc:
-        logger.info("timestep grid of %s from the default scheduler (%s)", label(name), exc)
-    if name == "seine":
-        from anyv2v.backbones.seine import SeinePlan
-
-        return SeinePlan()
-    from anyv2v.backbones.i2vgen_xl import DDIMPlan
-    from anyv2v.tiny import I2VGEN_XL_SCHEDULER
-
-    return DDIMPlan(dict(I2VGEN_XL_SCHEDULER))  # "leading" DDIM with steps_offset 1, as ConsistI2V's
+    return backbone_class(name).timestep_plan(model)
 
 
-@functools.lru_cache(maxsize=128)
+_RETRY_READ_S = 300.0  # a model that could not be read is tried again after this (it may have been downloaded)
+_unreadable_since: dict[tuple[str, str], float] = {}  # (backbone, model) -> when reading it last failed
+
+
+def _plan(name: str, model: str):
+    """The backbone's timestep plan from its scheduler config; its released model's grid when the model cannot be
+    read yet (not configured, not downloaded). Only a plan read from the model is remembered; an unreadable model
+    is tried again after a few minutes, not at every request (a hub lookup without network takes ~20 s)."""
+    from anyv2v.backbones import backbone_class
+
+    failed = _unreadable_since.get((name, model))
+    if failed is None or time.monotonic() - failed > _RETRY_READ_S:
+        try:
+            plan = _read_plan(name, model)
+            _unreadable_since.pop((name, model), None)
+            return plan
+        except (AnyV2VError, OSError, ValueError) as exc:
+            logger.info("timestep grid of %s from the default scheduler (%s)", label(name), exc)
+            if len(_unreadable_since) > 64:
+                _unreadable_since.clear()
+            _unreadable_since[(name, model)] = time.monotonic()
+    return backbone_class(name).default_timestep_plan()
+
+
 def _inversion_choices(name: str, model: str, steps: int) -> tuple[int, ...]:
     return tuple(_plan(name, model).compatible_inversion_steps(steps))
 

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 FORGET_AFTER_S = 3600.0  # a browser's finished edit is mentioned for this long after it ended
+# A job asked to stop ends within one step; one still "stopping" after this never started (its queued event was
+# dropped with the session), so it counts as stopped.
+STOPPING_AT_MOST_S = 120.0
 
 
 @dataclass
@@ -48,8 +51,13 @@ class VisitorJobs:
         with self._lock:
             for job in self._jobs.values():
                 if job.session == session and job.state == "running":
-                    job.state, count = "stopping", count + 1
+                    job.state, job.ended, count = "stopping", self.clock(), count + 1
         return count
+
+    def _state(self, job: VisitorJob) -> str:
+        if job.state == "stopping" and job.ended is not None and self.clock() - job.ended > STOPPING_AT_MOST_S:
+            return "stopped"
+        return job.state
 
     def finished(self, browser: str | None, session: str, state: str) -> None:
         """The job of `browser` started in `session` ended as "done", "stopped" or "failed"."""
@@ -60,7 +68,7 @@ class VisitorJobs:
 
     def running(self) -> int:
         with self._lock:
-            return sum(job.state in ("running", "stopping") for job in self._jobs.values())
+            return sum(self._state(job) in ("running", "stopping") for job in self._jobs.values())
 
     def status(self, browser: str | None, session: str) -> str:
         """One line for the page of `browser` (now in `session`) about its latest edit; "" when there is none."""
@@ -70,13 +78,13 @@ class VisitorJobs:
                 return ""
             ago = max(self.clock() - (job.ended if job.ended is not None else job.started), 0.0)
             when = f"{ago / 60:.0f} min ago" if ago >= 60 else f"{ago:.0f} s ago"
-            if job.state == "running":
+            if self._state(job) == "running":
                 return ("**An edit you started from this browser (in another tab) is still running.** Its result "
                         "appears in that tab; an edit started here waits for it.")
-            if job.state == "stopping":
+            if self._state(job) == "stopping":
                 return ("**Your previous edit is stopping:** its page was closed or reloaded, so it was cancelled "
                         "and ends after its current step. Nothing from it is kept; start the edit again here.")
-            if job.state == "stopped":
+            if self._state(job) == "stopped":
                 return (f"**Your previous edit was stopped** ({when}) because its page was closed or reloaded; "
                         "nothing was written. Start the edit again here.")
             return ""  # finished or failed: that page showed it

@@ -286,3 +286,36 @@ def test_a_model_preloaded_by_another_service_counts_as_loaded(tiny_model, tmp_p
         assert not BACKBONES.holds(str(tiny_model), "cpu", backbone="seine")  # another backbone is another model
     finally:
         BACKBONES.clear()
+
+
+def test_a_model_error_shows_the_visitor_no_server_path(caplog) -> None:
+    """Model folders and caches named in an engine error stay in the server log; the page and the API get their
+    last part only (URLs and fractions are left alone)."""
+    import logging
+
+    from anyv2v.errors import ModelLoadError
+    from server.messages import user_message
+
+    error = ModelLoadError("/root/.cache/huggingface/hub/models--TIGER-Lab--ConsistI2V/snapshots/abc/unet holds .bin "
+                           "pickles only; see https://example.org/a/b.html (1/32 of the side)")
+    with caplog.at_level(logging.WARNING, logger="anyv2v.app"):
+        text, expected = user_message(error, "editing the video")
+    assert expected and "/root" not in text and "huggingface" not in text
+    assert text.startswith("unet holds .bin pickles only") or text.startswith("Unet holds .bin pickles only")
+    assert "https://example.org/a/b.html" in text and "1/32" in text
+    assert "/root/.cache/huggingface" in caplog.text  # the operator still sees where
+
+
+def test_an_edit_that_never_started_is_not_stopping_forever() -> None:
+    """A tab closed while its edit still waited in the queue: Gradio drops the queued event, so nothing reports
+    the end; the reloaded page says "stopping" only as long as a step takes, then "stopped"."""
+    from server.visitor_jobs import STOPPING_AT_MOST_S, VisitorJobs
+
+    now = [1000.0]
+    jobs = VisitorJobs(clock=lambda: now[0])
+    jobs.started("browser-1", "session-a")
+    assert jobs.left("session-a") == 1
+    assert "is stopping" in jobs.status("browser-1", "session-b") and jobs.running() == 1
+    now[0] += STOPPING_AT_MOST_S + 1
+    assert "was stopped" in jobs.status("browser-1", "session-b") and jobs.running() == 0
+

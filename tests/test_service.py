@@ -13,17 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anyv2v.bench import model_flops_per_call
 from anyv2v.config import DEFAULT_MODEL, PRESETS
 from anyv2v.errors import AnyV2VError, CancelledError, ConfigError, OutOfMemoryError, VideoError
-from anyv2v.pipeline import EditResult
 from anyv2v.schedule import check_inversion_steps
 from anyv2v.tiny import I2VGEN_XL_SCHEDULER
 from anyv2v.video import write_video
 from server import jobs as gpu_jobs
 from server import service as service_module
 from server.checks import build_config, check_image_file, clip_frame_count
-from server.estimates import DEFAULT_THROUGHPUT, EditEstimator
 from server.examples import example_clip_settings, list_examples
 from server.jobs import EngineProgress, gpu_slot, run_cancellable, zero_gpu
 from server.messages import user_message
@@ -393,23 +390,6 @@ def test_engine_progress_one_bar_with_time_left_and_loading_only_when_loading():
     tracker("sampling", 2, 4)
     assert tracker.reused_inversion and "Reused the cached inversion" in cached[0][1]
     assert cached[1][0] == pytest.approx(0.5)
-
-
-def test_estimate_from_flops_refined_by_the_last_edit(tiny_model):
-    estimator = EditEstimator()
-    config = AppSettings(model=str(tiny_model)).base_config().replace(steps=10, inversion_steps=10)
-    first = estimator.estimate(config, 8, (64, 64), "cpu")
-    cached = estimator.estimate(config, 8, (64, 64), "cpu", cached_inversion=True)
-    assert first > cached > 0
-    per_call = model_flops_per_call(str(tiny_model), 8, 64, 64)
-    # 10 inversion calls; tau_ta 0.5 of 10 steps: 5 calls of batch 3 (with the source), then 5 of batch 2
-    assert first == pytest.approx((10 + 3 * 5 + 2 * 5) * per_call / DEFAULT_THROUGHPUT["cpu"])
-    result = EditResult(Path("a.mp4"), Path("a.json"), False, {"inversion": 10, "sampling": {"3": 5, "2": 5}},
-                        {"inversion": 1.0, "sampling": 3.0, "load": 9.0}, [], 8, (64, 64), 8)
-    estimator.record(config, result, "cpu")
-    assert estimator.estimate(config, 8, (64, 64), "cpu") == pytest.approx(4.0)  # the measured pace
-    broken = config.replace(model=str(tiny_model.parent / "missing"))
-    assert estimator.estimate(broken, 8, (64, 64), "cpu") is None
 
 
 def test_examples_and_their_small_settings_on_cpu():

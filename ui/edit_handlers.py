@@ -122,11 +122,6 @@ def video_edit_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespa
         visitors.started(browser, request.session_hash or "")
         return gr.Button(interactive=False), None, None, None, "", None
 
-    def lock(browser: str | None, request: gr.Request):  # the old result goes; a second click cannot start a second edit
-        jobs.new_job(request.session_hash or "", "video")
-        visitors.started(browser, request.session_hash or "")
-        return gr.Button(interactive=False), None, None, None, "", None
-
     def on_cancel(request: gr.Request):
         # A stop flag, not Gradio's `cancels`: the job ends normally as "Cancelled" (no red Error badges),
         # within one step, and a job still waiting in the queue ends as soon as it starts.

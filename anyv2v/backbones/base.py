@@ -139,6 +139,12 @@ class VideoBackbone:
         raise NotImplementedError
 
     @classmethod
+    def default_timestep_plan(cls) -> "TimestepPlan":
+        """The plan of the released model's scheduler, for when the model cannot be read yet (not configured or
+        not downloaded): the grids depend only on the step counts and the scheduler's spacing."""
+        raise NotImplementedError
+
+    @classmethod
     def make_random_model(cls, directory: str, seed: int = 0, size: str = "tiny") -> tuple[Any, str]:
         raise NotImplementedError
 

@@ -65,6 +65,12 @@ class Backbone(VideoBackbone):
     def timestep_plan(cls, model: str) -> "DDIMPlan":
         return DDIMPlan(load_scheduler_config(model))
 
+    @classmethod
+    def default_timestep_plan(cls) -> "DDIMPlan":
+        from ..tiny import I2VGEN_XL_SCHEDULER  # the hub model's scheduler config
+
+        return DDIMPlan(dict(I2VGEN_XL_SCHEDULER))
+
     @property
     def plan(self) -> "DDIMPlan":
         return DDIMPlan(self.scheduler_config)

@@ -132,6 +132,12 @@ class ConsistI2VBackbone(VideoBackbone):
     def timestep_plan(cls, model: str) -> DDIMPlan:
         return DDIMPlan(read_scheduler_config(model))
 
+    @classmethod
+    def default_timestep_plan(cls) -> DDIMPlan:
+        from .tiny import SCHEDULER  # the released model's noise_scheduler_kwargs
+
+        return DDIMPlan(dict(SCHEDULER))
+
     @property
     def plan(self) -> DDIMPlan:
         return DDIMPlan(self.scheduler_config)

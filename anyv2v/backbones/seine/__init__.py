@@ -231,6 +231,10 @@ class SeineBackbone(VideoBackbone):
     def timestep_plan(cls, model: str) -> SeinePlan:
         return SeinePlan(int(read_scheduler_config(model).get("num_train_timesteps", 1000)))
 
+    @classmethod
+    def default_timestep_plan(cls) -> SeinePlan:
+        return SeinePlan()
+
     @property
     def plan(self) -> SeinePlan:
         return SeinePlan(int(self.scheduler_config.get("num_train_timesteps", 1000)))
