@@ -180,13 +180,6 @@ def backbone_models_from_env(env: Mapping[str, str]) -> dict[str, str]:
     return models
 
 
-_FOLDER_KINDS = {
-    "i2vgen-xl": "a diffusers-format I2VGen-XL",
-    "seine": "a converted SEINE (python -m anyv2v convert-seine)",
-    "consisti2v": "a ConsistI2V in TIGER-Lab/ConsistI2V's layout",
-}
-
-
 def check_model_source(model: str, timeout: float = 5.0, backbone: str = DEFAULT_BACKBONE) -> str | None:
     """None when the video model `backbone` can be loaded from `model` here; else what is wrong and what to do
     (one paragraph, for the operator)."""
@@ -195,7 +188,7 @@ def check_model_source(model: str, timeout: float = 5.0, backbone: str = DEFAULT
     from anyv2v.backbones.base import folder_backbone
 
     env_var = backbone_class(backbone).model_env
-    kind = _FOLDER_KINDS.get(backbone, f"a {backbone}")
+    kind = backbone_class(backbone).folder_kind or f"a {backbone}"
     flag = "" if backbone == DEFAULT_BACKBONE else f" --backbone {backbone}"
     demo = ("For a quick offline try with tiny random models (noise output), see 'Offline demo' in the README: "
             f"`python -m anyv2v make-tiny-model{flag} /tmp/tiny` and `{env_var}=/tmp/tiny`.")

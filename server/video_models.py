@@ -17,8 +17,6 @@ from .settings import AppSettings, check_model_source
 
 logger = logging.getLogger("anyv2v.app")
 
-# The paper's names (arXiv 2403.14468, section 4), in the order the engine registers them.
-LABELS = {"i2vgen-xl": "I2VGen-XL", "seine": "SEINE", "consisti2v": "ConsistI2V"}
 # Page settings a backbone has its own defaults for (the engine's `defaults` keys that the page shows).
 PAGE_FIELDS = ("frames", "width", "height", "steps", "inversion_steps", "start_index", "guidance", "negative_prompt",
                "tau_conv", "tau_sa", "tau_ta")
@@ -31,7 +29,10 @@ def names() -> tuple[str, ...]:
 
 
 def label(name: str) -> str:
-    return LABELS.get(name, name)
+    """The paper's name of backbone `name` (its own `label`); the name itself for an unknown one."""
+    from anyv2v.backbones import NAMES, backbone_class
+
+    return (backbone_class(name).label or name) if name in NAMES else name
 
 
 def choices() -> list[tuple[str, str]]:

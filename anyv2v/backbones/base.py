@@ -115,6 +115,8 @@ class VideoBackbone:
     """Base class of loaded backbones: where the modules run, their fingerprint, CPU offload."""
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # the paper's name, for people (arXiv 2403.14468, section 4)
+    folder_kind: ClassVar[str] = ""  # what a local folder of this model is, for messages
     default_model: ClassVar[str] = ""
     model_env: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}

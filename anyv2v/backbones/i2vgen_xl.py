@@ -34,6 +34,8 @@ class Backbone(VideoBackbone):
     """The loaded I2VGen-XL components plus where they run."""
 
     name: ClassVar[str] = "i2vgen-xl"
+    label: ClassVar[str] = "I2VGen-XL"
+    folder_kind: ClassVar[str] = "a diffusers-format I2VGen-XL"
     default_model: ClassVar[str] = "ali-vilab/i2vgen-xl"
     model_env: ClassVar[str] = "ANYV2V_MODEL"
     defaults: ClassVar[dict[str, Any]] = {}  # EditConfig's defaults are I2VGen-XL's (the paper's)

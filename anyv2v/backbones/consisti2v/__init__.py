@@ -103,6 +103,8 @@ class ConsistI2VBackbone(VideoBackbone):
     """The loaded ConsistI2V components plus where they run."""
 
     name: ClassVar[str] = NAME
+    label: ClassVar[str] = "ConsistI2V"
+    folder_kind: ClassVar[str] = "a ConsistI2V in TIGER-Lab/ConsistI2V's layout"
     default_model: ClassVar[str] = HUB_ID
     model_env: ClassVar[str] = "ANYV2V_CONSISTI2V_MODEL"
     defaults: ClassVar[dict[str, Any]] = {

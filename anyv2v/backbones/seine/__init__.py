@@ -204,6 +204,8 @@ class SeineBackbone(VideoBackbone):
     """The loaded SEINE components plus where they run."""
 
     name: ClassVar[str] = NAME
+    label: ClassVar[str] = "SEINE"
+    folder_kind: ClassVar[str] = "a converted SEINE (python -m anyv2v convert-seine)"
     default_model: ClassVar[str] = ""  # no hub repo in our format: convert the official checkpoint (README)
     model_env: ClassVar[str] = "ANYV2V_SEINE_MODEL"
     defaults: ClassVar[dict[str, Any]] = {
