@@ -121,7 +121,8 @@ def build_app(settings: AppSettings | None = None, model_problem: str | None = .
         video_edit_step(c, p)
         device = settings.device_name
         gr.Markdown(
-            f"Video model: `{os.path.basename(settings.model.rstrip('/'))}` on {device}. "
+            f"Default video model: `{os.path.basename(settings.model.rstrip('/'))}` (step 3 offers the others) "
+            f"on {device}. "
             + ("" if device.startswith("cuda") else "Without a GPU a full-size edit takes a very long time. ")
             + f"Results are deleted after {settings.keep_hours:g} h. API: see *Use via API* below.",
             elem_classes=["step-help"],
@@ -191,7 +192,7 @@ def wire_video_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
     p.result_outputs = [p.before_video, p.output_video, p.downloads, p.edit_status_md, p.settings_json]
     p.prepare_outputs = [p.prepared_video, p.first_frame, p.first_frame_download, p.clip_info, p.clip_state,
                          *p.mask_widgets, p.frame_status]
-    p.prepare_inputs = [p.source_video, p.clip_state]
+    p.prepare_inputs = [p.source_video, p.clip_state, p.edited_frame]
     p.reset_outputs = [*p.prepare_outputs[:-1], p.edited_frame, p.gallery, p.candidates_state, p.frame_status,
                        *p.result_outputs, p.estimate_md]
     p.prepare_options = dict(inputs_kwargs=clip_inputs, concurrency_limit=2, concurrency_id="prepare",

@@ -29,7 +29,8 @@ def video_step_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespa
         return (None, None, gr.DownloadButton(value=None, interactive=False), text, None,
                 *[None for _ in mask_widgets], gr.skip())
 
-    async def on_prepare(video: str | None, previous: dict | None, progress: gr.Progress = gr.Progress(), **clip: Any):
+    async def on_prepare(video: str | None, previous: dict | None, edited_frame: str | None = None,
+                         progress: gr.Progress = gr.Progress(), **clip: Any):
         if not video:
             return no_clip("Upload a video to see the prepared clip here.")
         try:
@@ -47,7 +48,7 @@ def video_step_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespa
             value={"background": entry.first_frame_path, "layers": [], "composite": None},
             brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=brush_size(*entry.prepared.size)))
         status = gr.skip()
-        if previous and previous.get("video") == video and previous.get("framing") != framing:
+        if edited_frame and previous and previous.get("video") == video and previous.get("framing") != framing:
             status = ("**The first frame changed** (start time, size or fit): an edited first frame made before "
                       "was made from the previous one. Make it again if it no longer matches.")
         return (entry.preview_path, entry.first_frame_path,
@@ -56,15 +57,15 @@ def video_step_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespa
 
     latest_prepare = c.latest_prepare
 
-    async def on_prepare_latest(video: str | None, previous: dict | None, request: gr.Request,
-                                progress: gr.Progress = gr.Progress(), **clip: Any):
+    async def on_prepare_latest(video: str | None, previous: dict | None, edited_frame: str | None,
+                                request: gr.Request, progress: gr.Progress = gr.Progress(), **clip: Any):
         """on_prepare, the last settings winning: one at a time per session, superseded ones dropped."""
         session, skip_all = request.session_hash or "", tuple(gr.skip() for _ in p.prepare_outputs)
         ticket = latest_prepare.ticket(session)
         async with latest_prepare.turn(session, ticket) as current:
             if not current:
                 return skip_all
-            outputs = await on_prepare(video, previous, progress, **clip)
+            outputs = await on_prepare(video, previous, edited_frame, progress, **clip)
         return outputs if latest_prepare.is_latest(session, ticket) else skip_all
 
     def on_new_video():
