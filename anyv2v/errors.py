@@ -16,6 +16,12 @@ def quoted(value: Any, limit: int = MAX_ECHO) -> str:
     return text[:limit] + "…"
 
 
+def first_line(exc: BaseException, limit: int | None = 200) -> str:
+    """The first line of a library's error message (its class name when the message is empty), at most `limit`
+    characters: what our one-line messages quote of it."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 class AnyV2VError(Exception):
     """An error caused by the user's input or environment, shown as one line without a traceback."""
 

@@ -23,7 +23,7 @@ from .backbones.base import VideoBackbone
 from .cache import Inversion, InversionCache, inversion_key
 from .config import EditConfig
 from .device import dtype_name, oom_guard, resolve_device
-from .errors import OOM_ADVICE, AnyV2VError, OutputError
+from .errors import OOM_ADVICE, AnyV2VError, OutputError, first_line
 from .inversion import ProgressCallback, StopCheck, check_stop, invert
 from .sampler import SamplingSettings, sample
 from .memory import MemoryPlan, plan_memory
@@ -150,7 +150,7 @@ def get_inversion(
     try:
         cache.put(inversion, {"model": public_model_name(backbone.model_id), **settings})
     except (OSError, SafetensorError) as exc:  # e.g. the disk filled up while writing: the edit goes on
-        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = getattr(exc, "strerror", None) or first_line(exc, None)
         message = f"the inversion could not be saved to the cache ({reason}); the edit went on without caching it"
         logger.warning(message)
         if notes is not None:

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from ..device import dtype_name
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError, first_line
 
 Condition = dict[str, torch.Tensor]
 
@@ -75,6 +75,32 @@ def folder_backbone(model: str) -> str | None:
     if isinstance(unet, list) and unet[-1:] == ["VideoLDMUNet3DConditionModel"]:  # ConsistI2V's hub layout
         return "consisti2v"
     return {"I2VGenXLPipeline": "i2vgen-xl", "SEINEPipeline": "seine"}.get(name)
+
+
+def load_sd_components(folder: str, torch_dtype: torch.dtype, what: str) -> tuple[Any, Any, Any]:
+    """The VAE, CLIP text encoder and tokenizer of a Stable Diffusion-layout folder (safetensors only), or one
+    ModelLoadError line saying `what` could not be loaded."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype)
+        text_encoder = CLIPTextModel.from_pretrained(
+            folder, subfolder="text_encoder", use_safetensors=True, torch_dtype=torch_dtype
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ModelLoadError(f"cannot load {what}: {first_line(exc)}") from None
+    return vae, text_encoder, tokenizer
+
+
+def ready_for_inference(modules: tuple[torch.nn.Module, ...], device: torch.device, cpu_offload: bool) -> None:
+    """Frozen, in eval mode and, unless offloaded (moved to `device` as each is used), on `device`."""
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()
+        if not cpu_offload:
+            module.to(device)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -17,7 +17,9 @@ from PIL import Image
 
 from ..device import resolve_device
 from ..errors import ModelLoadError
-from .base import Condition, TimestepPlan, VideoBackbone, check_model_reference, pil_to_tensor
+from .base import (
+    Condition, TimestepPlan, VideoBackbone, check_model_reference, pil_to_tensor, ready_for_inference,
+)
 
 # Where a decoder layer's injection sites sit inside its up block ({i}: the layer's index in the block).
 SITE_PATHS = {
@@ -366,12 +368,7 @@ def load_backbone(
     tokenizer = _from_pretrained(CLIPTokenizer, model, "tokenizer")
     feature_extractor = _from_pretrained(CLIPImageProcessor, model, "feature_extractor")
     scheduler_config = dict(_from_pretrained(DDIMScheduler, model, "scheduler").config)
-    modules = (unet, vae, text_encoder, image_encoder)
-    for module in modules:
-        module.requires_grad_(False)
-        module.eval()
-        if not cpu_offload:
-            module.to(torch_device)
+    ready_for_inference((unet, vae, text_encoder, image_encoder), torch_device, cpu_offload)
     return Backbone(
         model_id=model,
         unet=unet,

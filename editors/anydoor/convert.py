@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from anyv2v.errors import ModelLoadError
+from anyv2v.errors import ModelLoadError, first_line
 
 from ..base import EditorError, empty_target_dir, quoted, first_sentence, load_tensors_only, save_dir_atomically
 
@@ -360,7 +360,7 @@ def convert_anydoor(
     try:
         encoder = Dinov2Model.from_pretrained(image_encoder, use_safetensors=True)
     except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc)
         raise ModelLoadError(
             f"cannot load the image encoder {image_encoder} ({first}); run the converter where the hub is reachable "
             "or give --image-encoder a local Dinov2Model folder."

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..base import EditorError
+from anyv2v.errors import first_line
 
 REMBG_MODEL_ENV = "ANYV2V_REMBG_MODEL"
 REMBG_MODEL_URL = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/u2net.onnx"
@@ -113,7 +114,7 @@ class SubjectMasker:
                 "u2net_custom", options, model_path=str(path), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            first = first_line(exc)
             operator = f"the rembg model {path} cannot be loaded ({first}); replace it with u2net.onnx from {REMBG_MODEL_URL}."
             raise EditorError(
                 f"automatic subject masks do not work on this server; {NO_REMBG_USER}.",

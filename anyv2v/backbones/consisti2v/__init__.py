@@ -45,8 +45,10 @@ import torch
 from PIL import Image
 
 from ...device import resolve_device
-from ...errors import ConfigError, ModelLoadError
-from ..base import Condition, VideoBackbone, check_model_reference, looks_like_path
+from ...errors import ConfigError, ModelLoadError, first_line
+from ..base import (
+    Condition, VideoBackbone, check_model_reference, load_sd_components, looks_like_path, ready_for_inference,
+)
 from ..i2vgen_xl import DDIMPlan, SchedulerSteps
 
 NAME = "consisti2v"
@@ -316,7 +318,7 @@ def resolve_folder(model: str, patterns: list[str] = WEIGHT_PATTERNS) -> str:
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one line
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         reason = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache" if offline else (
-            (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            first_line(exc)
         )
         raise ModelLoadError(f"cannot get ConsistI2V {model}: {reason}. Download it once, or pass a local copy.") from None
 
@@ -344,9 +346,7 @@ def check_unet_config(config: dict, model: str) -> None:
 
 def load_consisti2v(model: str, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False) -> ConsistI2VBackbone:
     """Load a ConsistI2V folder in the hub's layout (safetensors only; the UNet with strict loading)."""
-    from diffusers import AutoencoderKL
     from safetensors.torch import load_file
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     from .unet import ConsistI2VUNet
 
@@ -376,24 +376,14 @@ def load_consisti2v(model: str, device: str | None = None, dtype: str | None = N
     except ModelLoadError:
         raise
     except (OSError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc)
         raise ModelLoadError(f"cannot load the ConsistI2V UNet of {model}: {first}") from None
-    try:
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype)
-        text_encoder = CLIPTextModel.from_pretrained(
-            folder, subfolder="text_encoder", use_safetensors=True, torch_dtype=torch_dtype
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    except (OSError, ValueError, EnvironmentError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelLoadError(f"cannot load ConsistI2V's SD-2.1 components from {model}: {first}") from None
+    vae, text_encoder, tokenizer = load_sd_components(
+        folder, torch_dtype, f"ConsistI2V's SD-2.1 components from {model}"
+    )
     if torch_dtype != torch.float32:
         unet.to(dtype=torch_dtype)
-    for module in (unet, vae, text_encoder):
-        module.requires_grad_(False)
-        module.eval()
-        if not cpu_offload:
-            module.to(torch_device)
+    ready_for_inference((unet, vae, text_encoder), torch_device, cpu_offload)
     return ConsistI2VBackbone(
         model_id=model,
         unet=unet,

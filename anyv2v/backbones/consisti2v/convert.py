@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import ModelLoadError, OutputError
+from ...errors import ModelLoadError, OutputError, first_line
 from . import COMPONENTS, LAYOUT
 
 WEIGHTS = {  # component -> (pickle name, safetensors name)
@@ -38,7 +38,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"refused {path}: it holds objects other than tensors (weights_only load: {reason}); nothing from it was run."
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc, 160)
         raise ModelLoadError(f"cannot read {path} ({first}).") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in data.items()):
         raise ModelLoadError(f"{path} is not a state dict of tensors; is it a ConsistI2V weight file?")
@@ -78,7 +78,7 @@ def convert_consisti2v(source: str | os.PathLike, out_dir: str | os.PathLike) ->
                     config = ConsistI2VUNet.load_config(str(src / "unet"))
                     ConsistI2VUNet.from_config(config).load_state_dict(state, strict=True)
                 except (ValueError, RuntimeError) as exc:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                    first = first_line(exc)
                     raise ModelLoadError(f"{src / 'unet' / pickled} does not fit the ConsistI2V UNet: {first}") from None
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / part / safe), metadata={"format": "pt"})
         if out.exists():

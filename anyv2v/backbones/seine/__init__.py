@@ -33,8 +33,11 @@ import torch
 from PIL import Image
 
 from ...device import resolve_device
-from ...errors import ConfigError, ModelLoadError
-from ..base import Condition, TimestepPlan, VideoBackbone, check_model_reference, check_save_steps
+from ...errors import ConfigError, ModelLoadError, first_line
+from ..base import (
+    Condition, TimestepPlan, VideoBackbone, check_model_reference, check_save_steps, load_sd_components,
+    ready_for_inference,
+)
 
 NAME = "seine"
 PIPELINE_CLASS = "SEINEPipeline"
@@ -418,9 +421,7 @@ def resolve_folder(model: str) -> str:
 
 def load_seine(model: str, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False) -> SeineBackbone:
     """Load a SEINE folder (safetensors only; the UNet with strict loading)."""
-    from diffusers import AutoencoderKL
     from safetensors.torch import load_file
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     from .unet import SeineUNet3D
 
@@ -440,24 +441,12 @@ def load_seine(model: str, device: str | None = None, dtype: str | None = None, 
         state = load_file(str(weights))
         unet.load_state_dict(state, strict=True)
     except (OSError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc)
         raise ModelLoadError(f"cannot load the SEINE UNet of {model}: {first}. Convert the checkpoint again.") from None
-    try:
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype)
-        text_encoder = CLIPTextModel.from_pretrained(
-            folder, subfolder="text_encoder", use_safetensors=True, torch_dtype=torch_dtype
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    except (OSError, ValueError, EnvironmentError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelLoadError(f"cannot load SEINE's SD-1.4 components from {model}: {first}") from None
+    vae, text_encoder, tokenizer = load_sd_components(folder, torch_dtype, f"SEINE's SD-1.4 components from {model}")
     if torch_dtype != torch.float32:
         unet.to(dtype=torch_dtype)
-    for module in (unet, vae, text_encoder):
-        module.requires_grad_(False)
-        module.eval()
-        if not cpu_offload:
-            module.to(torch_device)
+    ready_for_inference((unet, vae, text_encoder), torch_device, cpu_offload)
     return SeineBackbone(
         model_id=model,
         unet=unet,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import ModelLoadError, OutputError
+from ...errors import ModelLoadError, OutputError, first_line
 from . import PIPELINE_CLASS, SCHEDULER
 
 # SD-1.x unet/config.json keys that SEINE's UNet takes over (the rest of its config is fixed by the layout).
@@ -52,7 +52,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "was run. Use the official seine.pt."
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc, 160)
         raise ModelLoadError(f"cannot read checkpoint {path} ({first}); is it the official seine.pt?") from None
     if not isinstance(data, dict) or not isinstance(data.get("ema"), dict):
         keys = ", ".join(map(str, list(data)[:5])) if isinstance(data, dict) else type(data).__name__
@@ -129,7 +129,7 @@ def convert_seine(checkpoint: str | os.PathLike, sd_folder: str | os.PathLike, o
         text_encoder = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(sd, subfolder="tokenizer")
     except (OSError, ValueError, EnvironmentError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc)
         raise ModelLoadError(f"cannot read SD-1.4's components from {sd}: {first}") from None
 
     out.parent.mkdir(parents=True, exist_ok=True)
