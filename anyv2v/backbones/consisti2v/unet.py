@@ -38,6 +38,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
 
+from ..feed_forward import FeedForwardChunks
+
 ROTARY_THETA = 10000.0
 TEMPORAL_RESNET_GROUPS = 32  # the official TemporalResnetBlock keeps its class default (not norm_num_groups)
 # The 3x3 first-frame window of a pixel, without the pixel itself (row-major order, as the reference's mask).
@@ -189,7 +191,7 @@ class TemporalAttnProcessor:
         return attn.attend_with(hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(FeedForwardChunks, nn.Module):
     """Self-attention (with first-frame context), cross-attention to the text, GEGLU feed-forward; pre-norm,
     residual. Spatial blocks attend over the tokens of a frame, temporal blocks over the frames of a pixel."""
 
@@ -209,19 +211,6 @@ class TransformerBlock(nn.Module):
                 processor=AttnProcessor2_0(),
             )
         self.ff = FeedForward(dim, activation_fn="geglu")
-        self._chunk_size: int | None = None  # rows of dim 0 per feed-forward chunk (bounded memory)
-
-    def set_chunk_feed_forward(self, chunk_size: int | None, dim: int = 0) -> None:
-        if dim != 0:
-            raise ValueError("ConsistI2V's feed-forward is chunked along dim 0 only")
-        self._chunk_size = chunk_size
-
-    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._chunk_size is None:
-            return self.ff(x)
-        if x.shape[0] % self._chunk_size:
-            raise ValueError(f"feed-forward chunk {self._chunk_size} does not divide {x.shape[0]} rows")
-        return torch.cat([self.ff(part) for part in x.split(self._chunk_size)])
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
         if self.temporal:

@@ -30,6 +30,8 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..feed_forward import FeedForwardChunks
+
 ROTARY_DIMS = 32  # channels per head that get rotary embeddings (SEINE: RotaryEmbedding(32))
 ROTARY_THETA = 10000.0
 BIAS_BUCKETS = 32
@@ -212,7 +214,7 @@ class TemporalAttnProcessor:
         return attn.attend_with(hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-class BasicTransformerBlock(nn.Module):
+class BasicTransformerBlock(FeedForwardChunks, nn.Module):
     """Spatial self-attention, cross-attention, temporal self-attention, GEGLU feed-forward (pre-norm, residual)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, cross_attention_dim: int) -> None:
@@ -228,19 +230,6 @@ class BasicTransformerBlock(nn.Module):
         self.attn_temp = TemporalAttention(dim, heads, dim_head)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn="geglu")
-        self._chunk_size: int | None = None  # rows of dim 0 per feed-forward chunk (bounded memory), as diffusers'
-
-    def set_chunk_feed_forward(self, chunk_size: int | None, dim: int = 0) -> None:
-        if dim != 0:
-            raise ValueError("SEINE's feed-forward is chunked along dim 0 only")
-        self._chunk_size = chunk_size
-
-    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._chunk_size is None:
-            return self.ff(x)
-        if x.shape[0] % self._chunk_size:
-            raise ValueError(f"feed-forward chunk {self._chunk_size} does not divide {x.shape[0]} rows")
-        return torch.cat([self.ff(part) for part in x.split(self._chunk_size)])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, frames: int) -> torch.Tensor:
         # x: [(B F), HW, C], batch-major; context: [(B F), L, D]
