@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import pickle
+import shutil
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -455,6 +456,22 @@ def test_convert_seine_writes_a_folder_that_loads_the_same_weights(official_file
         convert_seine(root / "seine.pt", sd, out)
 
 
+def test_convert_seine_reads_sd_components_as_safetensors_only(official_files, tmp_path):
+    """An SD-1.4 folder whose VAE is only a pickled .bin: refused with what to download, nothing unpickled."""
+    from anyv2v.backbones.seine.convert import convert_seine
+    from anyv2v.tiny import tiny_autoencoder
+
+    root, sd, unet = official_files
+    pickled = tmp_path / "sd-bin"
+    shutil.copytree(sd, pickled)
+    shutil.rmtree(pickled / "vae")
+    tiny_autoencoder(scaling_factor=0.18215).save_pretrained(pickled / "vae", safe_serialization=False)
+    assert list((pickled / "vae").glob("*.bin"))
+    with pytest.raises(ModelLoadError, match="safetensors only: download vae/diffusion_pytorch_model.safetensors"):
+        convert_seine(root / "seine.pt", pickled, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 class _RunsCode:
     def __init__(self, marker):
         self.marker = marker
@@ -517,8 +534,6 @@ def _edit_args(demo, tmp_path, *extra):
 
 @pytest.mark.parametrize("case", ["seine-as-i2vgen", "i2vgen-as-seine", "no-seine-model", "missing-unet", "bad-steps"])
 def test_bad_backbone_inputs_give_one_line(case, tiny_seine, tiny_model, demo, tmp_path):
-    import shutil
-
     if case == "seine-as-i2vgen":
         extra, words = ["--model", str(tiny_seine)], "holds a seine model, not i2vgen-xl; pass --backbone seine"
     elif case == "i2vgen-as-seine":

@@ -6,8 +6,9 @@ into one self-contained safetensors folder that `anyv2v.backbones.seine` loads.
   keep beside the weights: an attribute bag, allowed by name) is refused and nothing in it runs.
 - The "ema" state dict is loaded into our `SeineUNet3D` with strict loading (every name and shape must match);
   the UNet's config comes from the SD-1.4 folder's unet/config.json with in_channels 9 (SEINE's `use_concat`).
-- SD-1.4's VAE, CLIP text encoder and tokenizer are copied (re-saved as safetensors); the scheduler config holds
-  SEINE's linear betas (0.0001-0.02), which the reference sets over SD-1.4's.
+- SD-1.4's VAE, CLIP text encoder and tokenizer are copied (read from their safetensors files only: a pickled
+  .bin is never opened); the scheduler config holds SEINE's linear betas (0.0001-0.02), which the reference sets
+  over SD-1.4's.
 - The folder is written beside OUT_DIR under a temporary name and renamed into place: complete or not at all.
 """
 
@@ -125,12 +126,17 @@ def convert_seine(checkpoint: str | os.PathLike, sd_folder: str | os.PathLike, o
     state = read_checkpoint(checkpoint)
     unet = load_unet(state, unet_config_from_sd(sd), checkpoint)
     try:
-        vae = AutoencoderKL.from_pretrained(sd, subfolder="vae")
-        text_encoder = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder")
+        # safetensors only: a pickled .bin is never unpickled here (CompVis/stable-diffusion-v1-4 ships both).
+        vae = AutoencoderKL.from_pretrained(sd, subfolder="vae", use_safetensors=True)
+        text_encoder = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder", use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(sd, subfolder="tokenizer")
     except (OSError, ValueError, EnvironmentError) as exc:
         first = first_line(exc)
-        raise ModelLoadError(f"cannot read SD-1.4's components from {sd}: {first}") from None
+        raise ModelLoadError(
+            f"cannot read SD-1.4's components from {sd}: {first} (the VAE and text encoder are read as "
+            "safetensors only: download vae/diffusion_pytorch_model.safetensors and text_encoder/model.safetensors "
+            "from CompVis/stable-diffusion-v1-4)"
+        ) from None
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
