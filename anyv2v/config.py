@@ -127,6 +127,10 @@ class EditConfig:
     # the source branch's first-frame condition: "source" (the method as described) or "edited" (ConsistI2V's
     # official code, its default there: the source branch sees the edited first frame)
     source_branch_frame: str = "source"
+    # FrameInit (ConsistI2V only; off in the reference's editing scripts): the start latent's low frequencies from
+    # the edited first frame diffused to this noise level (ConsistI2V's inference config: 850)
+    frame_init: bool = False
+    frame_init_noise_level: int = 850
     decode_chunk_size: int = 4
     # memory: "auto" turns the bounded-memory options on only when the estimated peak exceeds the free memory
     memory: str = "auto"
@@ -182,6 +186,12 @@ class EditConfig:
         if self.source_branch_frame not in SOURCE_BRANCH_FRAMES:
             raise ConfigError(
                 f"source_branch_frame={quoted(self.source_branch_frame)} is not one of {', '.join(SOURCE_BRANCH_FRAMES)}."
+            )
+        _in_range("frame_init_noise_level", self.frame_init_noise_level, 0, 999)
+        if self.frame_init and not backbone_class(self.backbone).supports_frame_init:
+            raise ConfigError(
+                f"frame_init is ConsistI2V's FrameInit; {self.backbone} has none. Use --backbone consisti2v or drop "
+                "frame_init."
             )
         if self.memory not in MEMORY_MODES:
             raise ConfigError(f"memory={quoted(self.memory)} is not one of {', '.join(MEMORY_MODES)}.")

@@ -31,6 +31,8 @@ class SamplingSettings:
     inversion_steps: int = 0  # which inverted latents exist (a backbone may start from the noisiest one)
     inversion_save_steps: int | None = None
     source_branch_frame: str = "source"  # the source branch's first frame: "source", or "edited" (ConsistI2V's reference)
+    frame_init: bool = False  # ConsistI2V's FrameInit on the start latent
+    frame_init_noise_level: int = 850
 
     @classmethod
     def from_config(cls, config, prompt: str) -> "SamplingSettings":
@@ -88,6 +90,8 @@ def sample(
         generator = torch.Generator("cpu").manual_seed(settings.seed)
         fresh = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)
         latents = (1 - settings.random_ratio) * latents + settings.random_ratio * fresh
+    if settings.frame_init:
+        latents = backbone.frame_init(latents, conditions, settings.frame_init_noise_level)
     latents = backbone.sampling_start(latents, conditions)
 
     total = settings.steps - settings.start_index

@@ -185,6 +185,46 @@ def test_source_branch_frame_default_is_the_official_edited_one(ci2v, inverted):
         config.replace(source_branch_frame="both").validate()
 
 
+def test_frame_init_equals_the_official_code_on_recorded_tensors():
+    """FrameInit on a start latent and a first-frame latent, against the official code's output recorded in
+    tests/fixtures (frameinit_utils' Gaussian filter and freq_mix_3d after diffusers' add_noise to t = 850)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from anyv2v.backbones.consisti2v.frame_init import DEFAULT_NOISE_LEVEL, frame_init
+    from anyv2v.schedule import make_scheduler
+
+    path = REPO / "tests" / "fixtures" / "frame_init_reference.safetensors"
+    recorded = load_file(path)
+    with safe_open(path, "pt") as handle:
+        assert int(handle.metadata()["noise_level"]) == DEFAULT_NOISE_LEVEL
+    config = {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear",
+              "num_train_timesteps": 1000, "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 1,
+              "prediction_type": "epsilon", "timestep_spacing": "leading"}
+    alphas_cumprod = make_scheduler(config, inverse=False).alphas_cumprod
+    ours = frame_init(recorded["start"], recorded["first_frame"], alphas_cumprod, DEFAULT_NOISE_LEVEL)
+    assert float((ours - recorded["reference_out"]).abs().max()) <= 1e-6
+    assert float((ours - recorded["start"]).abs().max()) > 0.01  # it does change the start latent (0.047 here)
+
+
+def test_frame_init_is_an_option_of_consisti2v_only(ci2v, inverted):
+    """Off by default (as the official editing scripts); on, it changes the edit but not the UNet calls;
+    other backbones and bad noise levels are refused with the setting's name."""
+    config, clip, edited, inversion = inverted
+    assert not config.frame_init and not EditConfig().frame_init and config.frame_init_noise_level == 850
+    settings = SamplingSettings.from_config(config, "a dog")
+    plain_calls, init_calls = Counter(), Counter()
+    plain = sample(ci2v, inversion, clip.first_frame, edited, settings, plain_calls)
+    with_init = sample(ci2v, inversion, clip.first_frame, edited, dataclasses.replace(settings, frame_init=True), init_calls)
+    assert plain_calls == init_calls and torch.isfinite(with_init).all()
+    assert (with_init - plain).abs().max() > 1e-3
+    assert torch.equal(with_init[:, :, :1], plain[:, :, :1])  # frame 0 stays the edited first frame's latent
+    with pytest.raises(ConfigError, match="frame_init is ConsistI2V's FrameInit; i2vgen-xl has none"):
+        EditConfig(frame_init=True).validate()
+    with pytest.raises(ConfigError, match="frame_init_noise_level"):
+        config.replace(frame_init=True, frame_init_noise_level=1000).validate()
+
+
 def test_sequential_branches_equal_batched(ci2v, tiny_ci2v, demo, tmp_path):
     """Batch-1 calls (the source's features captured: spatial keys from [frame | first frame], temporal keys from
     [frames | first-frame neighbours]) equal the batched call. At 128x128: at 64x64 the tiny UNet's 1x1 bottom level
@@ -253,6 +293,20 @@ def test_yaml_backbone_gets_its_defaults(tmp_path):
     config = EditConfig.load_yaml(path)
     assert (config.width, config.height, config.guidance, config.start_index, config.steps) == (256, 256, 35.0, 4, 25)
     assert config.source_branch_frame == "edited" and config.resolved_model() == "TIGER-Lab/ConsistI2V"
+    path.write_text("backbone: consisti2v\nframe_init: true\nframe_init_noise_level: 700\n")
+    config = EditConfig.load_yaml(path)
+    assert config.frame_init and config.frame_init_noise_level == 700
+
+
+def test_cli_frame_init_flags():
+    from anyv2v.cli import build_parser, config_from_args
+
+    base = ["edit", "--video", "v.mp4", "--edited-frame", "f.png", "--prompt", "p", "--backbone", "consisti2v"]
+    config = config_from_args(build_parser().parse_args([*base, "--frame-init", "--frame-init-noise-level", "700"]))
+    assert config.frame_init and config.frame_init_noise_level == 700
+    assert not config_from_args(build_parser().parse_args(base)).frame_init
+    with pytest.raises(ConfigError, match="seine has none"):
+        config_from_args(build_parser().parse_args([*base[:-1], "seine", "--frame-init"]))
 
 
 # ---- the converter ----------------------------------------------------------------------------------------------

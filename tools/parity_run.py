@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--negative-prompt")
     ap.add_argument("--start-index", type=int, help="default: the harness's (ConsistI2V 1, others 0)")
     ap.add_argument("--source-branch-frame", choices=("source", "edited"), help="default: the backbone's")
+    ap.add_argument("--frame-init", action="store_true", help="ConsistI2V: FrameInit on the start latent")
+    ap.add_argument("--frame-init-noise-level", type=int, help="default 850")
     ap.add_argument("--fps", type=int, default=8)
     ap.add_argument("--noise-from", help="a reference run's safetensors: its ddpm_noise.<t> tensors")
     ap.add_argument("--threads", type=int, default=1)
@@ -131,6 +133,7 @@ def run(args) -> int:
             inversion_steps=args.inversion_steps, steps=args.steps, guidance=args.guidance, seed=args.seed,
             negative_prompt=args.negative_prompt, tau_conv=args.tau_conv, tau_sa=args.tau_sa, tau_ta=args.tau_ta,
             start_index=args.start_index, source_branch_frame=args.source_branch_frame,
+            frame_init=args.frame_init or None, frame_init_noise_level=args.frame_init_noise_level,
         ).items()
         if value is not None
     }

@@ -147,6 +147,7 @@ class VideoBackbone:
     model_env: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     batch_order: ClassVar[tuple[str, ...]] = ("source", "uncond", "cond")
+    supports_frame_init: ClassVar[bool] = False  # whether `frame_init` is implemented (ConsistI2V's FrameInit)
     layout: ClassVar[str] = ""  # the folder layout, for error messages
 
     model_id: str
@@ -201,6 +202,11 @@ class VideoBackbone:
         """The edit branches' starting latent from the inverted one (ConsistI2V puts the edited first frame's latent
         in frame 0); by default unchanged."""
         return latents
+
+    def frame_init(self, latents: torch.Tensor, conditions: dict[str, Condition], noise_level: int) -> torch.Tensor:
+        """FrameInit: the start latent's low frequencies from the edited first frame diffused to `noise_level`
+        (only where `supports_frame_init`; the config refuses it elsewhere)."""
+        raise NotImplementedError(f"{self.name} has no FrameInit")
 
     @property
     def vae_scale_factor(self) -> int:

@@ -29,6 +29,8 @@ The edit as the reference runs it:
   self-attention (`attentions[i].transformer_blocks[0].attn1`) and of the temporal self-attention
   (`tempo_attns[i].transformer_blocks[0].attn1`, before its rotary embedding) at up_blocks[1] layers 1, 2 and
   up_blocks[2..3] layers 0..2; schedule `timesteps[:int(T * tau)]` over the full grid.
+- FrameInit (`frame_init: true`; off by default, as in the reference's editing scripts): the start latent's low
+  frequencies from the edited first frame diffused to `frame_init_noise_level` (850), see `frame_init.py`.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class ConsistI2VBackbone(VideoBackbone):
         "source_branch_frame": "edited",
     }
     batch_order: ClassVar[tuple[str, ...]] = ("source", "uncond", "cond")
+    supports_frame_init = True
     layout: ClassVar[str] = LAYOUT
 
     model_id: str
@@ -240,6 +243,16 @@ class ConsistI2VBackbone(VideoBackbone):
         reference prepends before decoding)."""
         first = conditions["cond"]["first_frame"].to(latents.device, latents.dtype)
         return torch.cat([first, latents[:, :, 1:]], dim=2)
+
+    def frame_init(self, latents: torch.Tensor, conditions: dict[str, Condition], noise_level: int) -> torch.Tensor:
+        """The reference's `use_frameinit` branch on the inverted start latent (all F frames, frame 0 the clean
+        source latent, as the reference's `latents` before it splits frame 0 off): low frequencies from the
+        edited first frame's latent diffused to `noise_level`."""
+        from ...schedule import make_scheduler
+        from .frame_init import frame_init
+
+        alphas_cumprod = make_scheduler(self.scheduler_config, inverse=False).alphas_cumprod
+        return frame_init(latents, conditions["cond"]["first_frame"], alphas_cumprod, noise_level)
 
     def forward(self, sample: torch.Tensor, timestep, condition: Condition) -> torch.Tensor:
         """One UNet call on F-frame latents: frames 1.. denoised, frame 0 replaced by the condition's first frame."""
