@@ -239,10 +239,12 @@ def first_frame_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
                 for editor in c.available.values():
                     with gr.Tab(editor.title, id=editor.name, elem_id=f"editor-tab-{editor.name}"):
                         p.editor_tabs.append(editor_tab(editor, p.mask_widgets))
+            first = next(iter(c.available.values()), None)
+            candidates_shown = first is not None and first.supports_candidates  # the first tab's; tabs switch it
             p.gallery = gr.Gallery(label="Candidates: click one to pick it", columns=4, height=240,
-                                   allow_preview=False, elem_id="candidates", format="png")
+                                   allow_preview=False, elem_id="candidates", format="png", visible=candidates_shown)
             p.frame_status = gr.Markdown("", elem_id="frame-status")
-            p.use_btn = gr.Button("Use this frame", elem_id="use-frame-btn")
+            p.use_btn = gr.Button("Use this frame", elem_id="use-frame-btn", visible=candidates_shown)
         with gr.Column(scale=2, min_width=300):
             p.edited_frame = checked_image(
                 label="Edited first frame (used for the video edit)", type="filepath", format="png",
@@ -297,6 +299,7 @@ def wire_frame_clicks(c: SimpleNamespace, p: SimpleNamespace) -> None:
                                  click_widgets, concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
                                  api_visibility="private")
     p.editor_tabs_row.select(h.on_editor_tab, None, p.active_editor, queue=False, api_visibility="private")
+    p.editor_tabs_row.select(h.on_tab_candidates, None, [p.gallery, p.use_btn], queue=False, api_visibility="private")
     for editor, widgets, _, _ in p.editor_tabs:  # editors with a target box (AnyDoor), pixel coordinates shown
         if "box" in widgets:
             p.first_frame.select(h.make_box_fn(editor.name), [p.clip_state, p.active_editor, p.box_corner],

@@ -200,6 +200,25 @@ def test_choosing_a_video_model_applies_its_defaults_and_edits_with_it(page, ser
     assert record["settings"]["backbone"] == "seine" and record["settings"]["inversion_steps"] == 20
 
 
+def test_candidates_and_their_use_button_show_only_on_tabs_that_make_candidates(page):
+    """The manual tab has its own "Use the uploaded frame" button; the candidates gallery and "Use this frame"
+    belong to the editors that make candidates, and show again on their tabs."""
+    from playwright.sync_api import expect
+
+    from editors import get_editor
+
+    instruct, manual = get_editor("instruct_pix2pix"), get_editor("manual")
+    expect(page.locator("#use-frame-btn")).to_be_visible()
+    expect(page.locator("#candidates")).to_be_visible()
+    page.get_by_role("tab", name=manual.title).click()
+    expect(page.locator("#manual-run")).to_be_visible()
+    expect(page.locator("#use-frame-btn")).to_be_hidden()
+    expect(page.locator("#candidates")).to_be_hidden()
+    page.get_by_role("tab", name=instruct.title).click()
+    expect(page.locator("#use-frame-btn")).to_be_visible()
+    expect(page.locator("#candidates")).to_be_visible()
+
+
 def test_jpeg_edited_frame_from_a_phone_gets_a_video(page, server, tmp_path):
     """A phone photo (JPEG, EXIF-rotated) as the edited first frame: accepted, used, and the edit runs."""
     from playwright.sync_api import expect

@@ -113,6 +113,15 @@ def click_handlers(c: SimpleNamespace) -> SimpleNamespace:
             return titles[str(evt.value)]
         return names[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(names) else gr.skip()
 
+    def on_tab_candidates(evt: gr.SelectData) -> tuple[Any, Any]:
+        """The candidates gallery and its "Use this frame" button only on tabs that make candidates (the manual
+        tab has its own button: two "use" buttons there confused people)."""
+        name = on_editor_tab(evt)
+        editor = available.get(name) if isinstance(name, str) else None
+        if editor is None:
+            return gr.skip(), gr.skip()
+        return gr.update(visible=editor.supports_candidates), gr.update(visible=editor.supports_candidates)
+
     def make_box_fn(name: str) -> Callable[..., Any]:
         def on_box_click(state: dict | None, shown: str | None, corner: list[int] | None, evt: gr.SelectData):
             if shown != name or not state:
@@ -125,4 +134,5 @@ def click_handlers(c: SimpleNamespace) -> SimpleNamespace:
 
         return on_box_click
 
-    return SimpleNamespace(make_click_fn=make_click_fn, on_editor_tab=on_editor_tab, make_box_fn=make_box_fn)
+    return SimpleNamespace(make_click_fn=make_click_fn, on_editor_tab=on_editor_tab, on_tab_candidates=on_tab_candidates,
+                           make_box_fn=make_box_fn)
