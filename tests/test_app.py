@@ -350,6 +350,10 @@ def test_edit_video_errors_are_actionable(client, server, tmp_path):
                            api_name="/edit_video", **TINY_EDIT)
         assert "show_error" not in str(info.value)
     assert "unexpected error" not in server.log()
+    logged = len(server.log())
+    with pytest.raises(AppError, match="edited_frame is required"):
+        client.predict(video=handle_file(str(CLIP)), edited_frame=None, prompt=PROMPT, api_name="/edit_video", **TINY_EDIT)
+    assert "Traceback" not in server.log()[logged:]  # a user's mistake is not a server error
 
 
 # ---------------------------------------------------------------------------------------------------------

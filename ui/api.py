@@ -22,7 +22,7 @@ from server import video_models
 from server.service import EditService
 from server.settings import AppSettings
 
-from .widgets import GPU_CONCURRENCY_ID, checked_image, editor_widget, progress_fn, reported
+from .widgets import GPU_CONCURRENCY_ID, checked_image, editor_widget, expected_error, progress_fn, reported
 
 
 def _with_signature(fn: Callable[..., Any], parameters: list[inspect.Parameter]) -> Callable[..., Any]:
@@ -135,7 +135,7 @@ def _api_edit_video(jobs: EditService, settings: AppSettings, base: EditConfig) 
         backbone: the video model (i2vgen-xl, seine, consisti2v); with another than i2vgen-xl, a setting left at
         its default above takes that model's own default."""
         if not edited_frame:
-            raise gr.Error("edited_frame is required: the edited first frame as an image file.")
+            raise expected_error("edited_frame is required: the edited first frame as an image file.")
         with reported("editing the video", [video, edited_frame]):
             name = video_models.check_backbone(backbone)
             video_models.require_available(settings, name)

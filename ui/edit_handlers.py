@@ -23,7 +23,7 @@ from server.messages import edit_status
 from server import video_models
 from server.presets import CHANGE_PRESETS, change_preset_of, preset_values, quality_label
 
-from .widgets import progress_fn, reported
+from .widgets import expected_error, progress_fn, reported
 
 logger = logging.getLogger("anyv2v.app")
 
@@ -91,9 +91,9 @@ def video_edit_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespa
     async def on_edit_video(request: gr.Request, progress: gr.Progress = gr.Progress(), **kw: Any):
         video, frame, text = kw.pop("video"), kw.pop("edited_frame"), kw.pop("prompt")
         if not video:
-            raise gr.Error("Upload a video in step 1 first.")
+            raise expected_error("Upload a video in step 1 first.")
         if not frame:
-            raise gr.Error("Choose an edited first frame in step 2 first (or click an example).")
+            raise expected_error("Choose an edited first frame in step 2 first (or click an example).")
         stop = jobs.job_stop(request.session_hash or "", "video")  # made at the click (lock)
         with reported("editing the video", [video, frame]):
             config = build_config(settings, **kw)

@@ -19,7 +19,7 @@ from server.messages import candidate_captions
 from server.presets import SUGGESTED_NAMES, suggested_settings
 from server.region_tools import box_click
 
-from .widgets import progress_fn, reported
+from .widgets import expected_error, progress_fn, reported
 
 
 def editor_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespace:
@@ -39,7 +39,7 @@ def editor_handlers(c: SimpleNamespace, p: SimpleNamespace) -> SimpleNamespace:
         async def on_edit_frame(state: dict | None, candidates: Any, request: gr.Request,
                                 progress: gr.Progress = gr.Progress(), **values: Any):
             if not state:
-                raise gr.Error("Upload a video in step 1 first: the editors work on its first frame.")
+                raise expected_error("Upload a video in step 1 first: the editors work on its first frame.")
             stop = jobs.new_job(request.session_hash or "", "frame")
             with reported(f"editing the first frame with {editor.title}",
                           [v for v in values.values() if isinstance(v, str)]):
@@ -96,7 +96,7 @@ def click_handlers(c: SimpleNamespace) -> SimpleNamespace:
             if shown != editor.name:  # a click for another editor's tab
                 return [gr.skip() for _ in names]
             if not state:
-                raise gr.Error("Upload a video in step 1 first.")
+                raise expected_error("Upload a video in step 1 first.")
             x, y = evt.index
             with reported(f"reading the click for {editor.title}"):
                 frame = as_image(state["first_frame"], "first frame").convert("RGB")

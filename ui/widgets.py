@@ -28,6 +28,11 @@ GPU_CONCURRENCY_ID = "gpu"  # one model job at a time, page and API alike
 # ---------------------------------------------------------------------------------------------------------
 
 
+def expected_error(message: str) -> gr.Error:
+    """A user's mistake with what to do (e.g. no video yet): the message only, no traceback in the server log."""
+    return gr.Error(message, print_exception=False)
+
+
 def user_error(exc: BaseException, action: str, paths: Sequence[str | None] = ()) -> gr.Error:
     if isinstance(exc, gr.Error):
         return exc
