@@ -170,6 +170,7 @@ def test_choosing_a_video_model_applies_its_defaults_and_edits_with_it(page, ser
     page.wait_for_timeout(1000)
     choose(page, "video-model", "ConsistI2V")
     expect(page.locator("#video-model-note")).to_contain_text("Applied ConsistI2V's defaults: 256×256")
+    expect(page.locator("#height")).to_contain_text("256×256 is ConsistI2V's size")  # said in step 1 too
     for elem_id, value in (("width", "256"), ("height", "256"), ("guidance", "35"), ("start-index", "4")):
         expect(page.locator(f"#{elem_id} input[type=number]").first).to_have_value(value)
     choose(page, "video-model", "SEINE")

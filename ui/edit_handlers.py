@@ -73,7 +73,15 @@ def video_model_handler(c: SimpleNamespace, fields: list[str], n_outputs: int):
             return [*[gr.skip()] * (n_outputs - 1), note]
         values = video_models.page_defaults(settings, name)
         top = max(values["steps"] - 1, 1)
-        shown = [gr.Slider(maximum=top, value=values[key]) if key == "start_index" else values[key] for key in fields]
+        model = video_models.label(name)
+        # The size sits in step 1, far above this choice: its caption says the model set it.
+        updates = {
+            "start_index": gr.Slider(maximum=top, value=values["start_index"]),
+            "height": gr.Slider(value=values["height"], info=f"{values['width']}×{values['height']} is {model}'s "
+                                "size (set by the video model chosen in step 3)."),
+            "frames": gr.Slider(value=values["frames"], info=f"{values['frames']} is what {model} was trained on."),
+        }
+        shown = [updates.get(key, values[key]) for key in fields]
         inversion = gr.Dropdown(choices=video_models.inversion_choices(settings, name, values["steps"]),
                                 value=values["inversion_steps"])
         return [*shown, inversion, change_preset_of(values["tau_conv"], values["tau_sa"], values["tau_ta"],
