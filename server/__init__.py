@@ -12,7 +12,7 @@ the first-frame editors (`editors`). One module per concern:
 - `examples`: the page's examples
 - `app_outputs`: the app's own output subfolder, the names it owns, files published whole
 - `image_uploads`: uploaded images decoded by the app (JPEG modes, EXIF orientation), not by Gradio
-- `step_timing`: measured step times per device, stage and size, for the page's estimates
+- `step_timing`: measured step times per device, stage, video model and size, for the page's estimates
 - `session_latest`: per session, the latest of a burst of requests wins
 - `visitor_jobs`: what became of a browser's video edit, for the page it reloads
 - `login_throttle`: failed logins slowed down per client

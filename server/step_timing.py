@@ -1,12 +1,13 @@
 """Time estimates a visitor can plan by: calibrated from the step times measured on this server.
 
-Every finished edit records, per device kind and work size (frames x height x width), the pace of each UNet
+Every finished edit records, per device kind, video model and work size (frames x height x width), the pace of each UNet
 stage in FLOP/s (inversion at batch 1, sampling at batch 2-3: FLOPs from `anyv2v.bench`, so the step counts and
 the injection schedule are accounted for; kept as seconds per FLOP) and the seconds outside the UNet (reading, decoding, writing), each
 smoothed over edits (exponential moving average). An estimate is
 
 * "about X" when this very size was measured here,
-* "X to Y" when only other sizes were (the nearest one's pace, with a range that widens with the distance),
+* "X to Y" when only other sizes were (the nearest one's pace, with a range that widens with the distance), or
+  only another video model (its pace per FLOP, one step wider: the models' FLOPs differ, their pace less),
 * no number at all before anything was measured: a guess from nominal hardware speed was off by 4x to 15x.
 
 "The first edit also loads the model" is said only when the model is not loaded.
@@ -29,7 +30,8 @@ class Estimate:
     seconds: float
     low: float
     high: float
-    exact: bool  # measured at this very size
+    exact: bool  # measured at this very size with this video model
+    same_model: bool = True  # measured with this video model (else with another one's pace per FLOP)
 
 
 def _work(size: tuple[int, int, int]) -> float:
@@ -40,8 +42,9 @@ def _work(size: tuple[int, int, int]) -> float:
 class StepTimings:
     def __init__(self, smoothing: float = SMOOTHING) -> None:
         self.smoothing = smoothing
-        self._pace: dict[tuple[str, str, tuple[int, int, int]], float] = {}  # (device, stage, size) -> s/FLOP
-        self._other: dict[tuple[str, tuple[int, int, int]], float] = {}  # (device, size) -> seconds
+        # (device kind, stage, video model, size) -> seconds per FLOP
+        self._pace: dict[tuple[str, str, str, tuple[int, int, int]], float] = {}
+        self._other: dict[tuple[str, str, tuple[int, int, int]], float] = {}  # (kind, model, size) -> seconds
         self._lock = threading.Lock()
 
     def _smooth(self, table: dict, key: Any, value: float) -> None:
@@ -49,28 +52,38 @@ class StepTimings:
         table[key] = value if old is None else (1 - self.smoothing) * old + self.smoothing * value
 
     def record(self, device: str, size: tuple[int, int, int], stage_flops: dict[str, float],
-               seconds: dict[str, float]) -> None:
-        """One finished edit: its UNet FLOPs per stage and its measured seconds per stage."""
+               seconds: dict[str, float], model: str = "") -> None:
+        """One finished edit with video model `model`: its UNet FLOPs per stage and its measured seconds per stage."""
         kind = device.split(":")[0]
         size = tuple(int(v) for v in size)  # type: ignore[assignment]
         with self._lock:
             for stage in UNET_STAGES:
                 flops, taken = float(stage_flops.get(stage, 0.0)), float(seconds.get(stage, 0.0))
                 if flops > 0 and taken > 0.01:
-                    self._smooth(self._pace, (kind, stage, size), taken / flops)  # averages as seconds do
-            self._smooth(self._other, (kind, size), sum(float(seconds.get(s, 0.0)) for s in OTHER_STAGES))
+                    self._smooth(self._pace, (kind, stage, model, size), taken / flops)  # averages as seconds do
+            self._smooth(self._other, (kind, model, size), sum(float(seconds.get(s, 0.0)) for s in OTHER_STAGES))
 
     def measured(self, device: str) -> bool:
         kind = device.split(":")[0]
         with self._lock:
             return any(key[0] == kind for key in self._pace)
 
-    def _nearest(self, table: dict, match: tuple, size: tuple[int, int, int]) -> tuple[float, float, float] | None:
-        """(value, |log2 of the work ratio|, work ratio) of the measured size nearest `size` among the keys
-        starting with `match`."""
+    def _nearest(self, table: dict, match: tuple, size: tuple[int, int, int],
+                 model: str = "") -> tuple[float, float, float, bool] | None:
+        """(value, |log2 of the work ratio|, work ratio, same model) of the measured size nearest `size` among the
+        keys starting with `match`, of video model `model`; of any model (one step further) when it has none."""
+        own = self._nearest_of(table, match, size, model)
+        if own is not None:
+            return (*own, True)
+        other = self._nearest_of(table, match, size, None)
+        return None if other is None else (other[0], other[1] + 1.0, other[2], False)
+
+    @staticmethod
+    def _nearest_of(table: dict, match: tuple, size: tuple[int, int, int],
+                    model: str | None) -> tuple[float, float, float] | None:
         best = None
         for key, value in table.items():
-            if key[:-1] != match:
+            if key[:-2] != match or (model is not None and key[-2] != model):
                 continue
             ratio = _work(size) / _work(key[-1])
             distance = abs(math.log2(ratio))
@@ -78,31 +91,34 @@ class StepTimings:
                 best = (value, distance, ratio)
         return best
 
-    def estimate(self, device: str, size: tuple[int, int, int], stage_flops: dict[str, float]) -> Estimate | None:
-        """Seconds for an edit of `size` doing `stage_flops`; None before this device kind measured anything."""
+    def estimate(self, device: str, size: tuple[int, int, int], stage_flops: dict[str, float],
+                 model: str = "") -> Estimate | None:
+        """Seconds for an edit of `size` with video model `model` doing `stage_flops`; None before this device kind
+        measured anything."""
         kind = device.split(":")[0]
         size = tuple(int(v) for v in size)  # type: ignore[assignment]
-        total, distance = 0.0, 0.0
+        total, distance, same_model = 0.0, 0.0, True
         with self._lock:
             for stage in UNET_STAGES:
                 flops = float(stage_flops.get(stage, 0.0))
                 if flops <= 0:
                     continue
-                found = self._nearest(self._pace, (kind, stage), size)
+                found = self._nearest(self._pace, (kind, stage), size, model)
                 if found is None:  # this stage not measured yet: the other stage's pace at the nearest size
                     other = "sampling" if stage == "inversion" else "inversion"
-                    found = self._nearest(self._pace, (kind, other), size)
+                    found = self._nearest(self._pace, (kind, other), size, model)
                     if found is None:
                         return None
-                    found = (found[0], found[1] + 1.0, found[2])
+                    found = (found[0], found[1] + 1.0, found[2], found[3])
                 total += flops * found[0]
                 distance = max(distance, found[1])
-            other_seconds = self._nearest(self._other, (kind,), size)
+                same_model = same_model and found[3]
+            other_seconds = self._nearest(self._other, (kind,), size, model)
         if other_seconds is not None:  # reading, decoding and writing: about linear in the work, from the nearest
             total += other_seconds[0] * other_seconds[2]
         exact = distance == 0.0
         spread = 1.2 if exact else 1.25 + 0.5 * distance  # wider the further the measured size is
-        return Estimate(total, total / spread, total * spread, exact)
+        return Estimate(total, total / spread, total * spread, exact, same_model)
 
 
 def phrase(estimate: Estimate) -> str:
@@ -120,7 +136,8 @@ def estimate_text(device: str, first: Estimate | None, later: Estimate | None, m
     if first is None:
         return (f"No time estimate yet: nothing has been measured on this server ({device}); the first edit "
                 f"measures its speed, and later ones are estimated from it.{loading}")
-    where = "" if first.exact else " (measured here at other sizes)"
+    where = "" if first.exact else " (measured here at other sizes)" if first.same_model else (
+        " (measured here with another video model)")
     text = f"Estimated time on this server ({device}): **{phrase(first)}** for the first edit of this clip{where}"
     if later is not None:
         text += f", {phrase(later)} for later edits of it (they reuse the inversion)"
@@ -151,12 +168,13 @@ class EditTimings(StepTimings):
                                             backbone=config.backbone)
         except Exception:  # noqa: BLE001
             return
-        self.record(device, (result.frames, *result.size), edit_flops(result.unet_calls, per_call), result.seconds or {})
+        self.record(device, (result.frames, *result.size), edit_flops(result.unet_calls, per_call), result.seconds or {},
+                    config.backbone)
 
     def estimate_edit(self, config: Any, frames: int, size: tuple[int, int], device: str,
                       cached_inversion: bool = False) -> Estimate | None:
         flops = edit_stage_flops(config, frames, size, cached_inversion)
-        return None if flops is None else self.estimate(device, (int(frames), *size), flops)
+        return None if flops is None else self.estimate(device, (int(frames), *size), flops, config.backbone)
 
     def text(self, config: Any, frames: int, size: tuple[int, int], device: str, model_loaded: bool) -> str:
         first = self.estimate_edit(config, frames, size, device)
@@ -171,8 +189,8 @@ class EditTimings(StepTimings):
             return None
         kind, key = device.split(":")[0], (int(frames), *size)
         with self._lock:
-            inversion = self._nearest(self._pace, (kind, "inversion"), key)
-            sampling = self._nearest(self._pace, (kind, "sampling"), key)
+            inversion = self._nearest(self._pace, (kind, "inversion"), key, config.backbone)
+            sampling = self._nearest(self._pace, (kind, "sampling"), key, config.backbone)
         if inversion is None or sampling is None:
             return None
         sampling_steps = max(int(config.steps) - int(config.start_index), 1)

@@ -133,6 +133,36 @@ def test_build_config_and_estimates_per_backbone(settings):
     assert edit_stage_flops(AppSettings().base_config("seine"), 8, (64, 64)) is None  # no model: no estimate
 
 
+def test_estimates_keep_each_video_models_pace(settings):
+    """A measured I2VGen-XL edit estimates itself "about"; a SEINE edit of the same size borrows that pace per
+    FLOP only as a range that says so, until SEINE itself was measured."""
+    from pathlib import Path
+
+    from anyv2v.pipeline import EditResult
+    from server.checks import build_config
+    from server.step_timing import EditTimings
+
+    configs = {name: build_config(settings, backbone=name, width=64, height=64, frames=8, steps=10, inversion_steps=20,
+                                  start_index=0) for name in ("i2vgen-xl", "seine")}
+    timings = EditTimings()
+
+    def record(name, seconds):
+        result = EditResult(Path("a.mp4"), Path("a.json"), False, {"inversion": 20, "sampling": {"3": 5, "2": 5}},
+                            {"inversion": seconds, "sampling": 2 * seconds}, [], 8, (64, 64), 8)
+        timings.record_edit(configs[name], result, "cpu")
+
+    record("i2vgen-xl", 10.0)
+    own = timings.estimate_edit(configs["i2vgen-xl"], 8, (64, 64), "cpu")
+    assert own.exact and own.same_model and own.seconds == pytest.approx(30.0)
+    borrowed = timings.estimate_edit(configs["seine"], 8, (64, 64), "cpu")
+    assert not borrowed.exact and not borrowed.same_model and borrowed.high / borrowed.low > 2
+    assert "measured here with another video model" in timings.text(configs["seine"], 8, (64, 64), "cpu", True)
+    record("seine", 50.0)  # SEINE measured: its own pace, and I2VGen-XL's estimate is untouched
+    seine = timings.estimate_edit(configs["seine"], 8, (64, 64), "cpu")
+    assert seine.exact and seine.seconds == pytest.approx(150.0)
+    assert timings.estimate_edit(configs["i2vgen-xl"], 8, (64, 64), "cpu").seconds == pytest.approx(30.0)
+
+
 def _page_fn(demo, name):
     found = [fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__name__ == name]
     assert len(found) == 1, name
