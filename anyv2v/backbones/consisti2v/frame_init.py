@@ -23,7 +23,8 @@ def gaussian_low_pass(frames: int, height: int, width: int, d_s: float = SPATIAL
     if d_s == 0 or d_t == 0:
         return torch.zeros(frames, height, width)
     axis = lambda n: 2 * torch.arange(n, dtype=torch.float64) / n - 1  # noqa: E731
-    d_square = ((d_s / d_t) * axis(frames))[:, None, None] ** 2 + axis(height)[None, :, None] ** 2 + axis(width)[None, None, :] ** 2
+    t, h, w = (d_s / d_t) * axis(frames), axis(height), axis(width)
+    d_square = t[:, None, None] ** 2 + h[None, :, None] ** 2 + w[None, None, :] ** 2
     return torch.exp(-1 / (2 * d_s**2) * d_square).float()
 
 
