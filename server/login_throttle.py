@@ -2,9 +2,14 @@
 an exponentially growing wait (1 s, 2 s, 4 s ... at most `max_delay`) before the next attempt is even checked.
 
 Attempts of one client are checked one at a time, so 30 wrong passwords sent at once get 4 answers (the 4th
-failure starts the wait) and 26 "429 Too Many Requests" (with Retry-After), not 30 checks. A correct login clears the client's record. The
-client is the TCP peer address: behind a reverse proxy every visitor shares the proxy's address, so throttle
-there as well (or run the app without auth behind the proxy's own login).
+failure starts the wait) and 26 "429 Too Many Requests" (with Retry-After), not 30 checks. A correct login
+clears the client's record.
+
+The client is the address uvicorn gives the request: the TCP peer, or the visitor's address from
+X-Forwarded-For when the peer is a trusted proxy (uvicorn's FORWARDED_ALLOW_IPS, default 127.0.0.1 and ::1: a
+reverse proxy on the same host works as it is). Behind a proxy elsewhere (a hosting platform's), set
+FORWARDED_ALLOW_IPS to its address (or "*" when nothing but the proxy can reach the app); otherwise every
+visitor shares the proxy's address and one guesser slows everyone's login.
 """
 
 from __future__ import annotations

@@ -70,6 +70,8 @@ def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "gradio_api/info", timeout=2) as response:
             return response.status == 200
+    except urllib.error.HTTPError as error:
+        return error.code == 401  # serving, behind its login (ANYV2V_AUTH)
     except (urllib.error.URLError, OSError):
         return False
 

@@ -162,6 +162,35 @@ def test_thirty_wrong_logins_at_once_get_three_checks_and_the_rest_wait(tmp_path
     assert webapp.launch_kwargs(AppSettings(model="m", output_dir=str(tmp_path / "o")))["app_kwargs"] == {}
 
 
+def test_behind_a_reverse_proxy_logins_are_throttled_per_visitor(tmp_path):
+    """A reverse proxy on the same host (nginx, Caddy) sends every visitor from 127.0.0.1 with X-Forwarded-For;
+    the real `python app.py` (uvicorn trusts 127.0.0.1's forwarded address by default, FORWARDED_ALLOW_IPS for
+    others) throttles each visitor on their own: one visitor's guessing never locks another out."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.app_helpers import run_app
+
+    env = {"ANYV2V_MODEL": str(tmp_path / "no-model-needed"), "ANYV2V_AUTH": "ann:right",
+           "FORWARDED_ALLOW_IPS": "127.0.0.1,::1"}  # uvicorn's default, whatever this machine's environment says
+    with run_app(tmp_path / "app", env) as server:
+
+        def login(visitor: str, password: str) -> int:
+            body = urllib.parse.urlencode({"username": "ann", "password": password}).encode()
+            request = urllib.request.Request(server.url + "login", data=body, headers={"X-Forwarded-For": visitor})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return response.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        guesses = [login("203.0.113.5", f"guess{i}") for i in range(8)]
+        assert guesses[:4] == [400] * 4 and 429 in guesses[4:], guesses  # 3 free failures, then waits
+        assert login("198.51.100.7", "right") == 200  # another visitor behind the same proxy: not slowed
+        assert login("203.0.113.5", "right") == 429  # the guesser still waits
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Time estimates calibrated from recorded step times (issue 14 item 11)
 # ---------------------------------------------------------------------------------------------------------
