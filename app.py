@@ -279,7 +279,7 @@ def wire_first_frame_step(c: SimpleNamespace, p: SimpleNamespace) -> None:
             h.make_editor_fn(editor), [p.clip_state, count if count is not None else gr.State(1)],
             [p.gallery, p.candidates_state, p.selected_state, p.edited_frame, p.frame_status, *p.tau_outputs],
             inputs_kwargs=widgets, concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
-            show_progress_on=[p.gallery], api_visibility="private",
+            show_progress_on=[p.gallery, p.frame_status], api_visibility="private",  # the gallery hides on some tabs
         )
     wire_frame_clicks(c, p)
     p.gallery.select(h.on_select, None, p.selected_state, queue=False, api_visibility="private")

@@ -5,10 +5,12 @@ Attempts of one client are checked one at a time, so 30 wrong passwords sent at 
 failure starts the wait) and 26 "429 Too Many Requests" (with Retry-After), not 30 checks. A correct login
 clears the client's record.
 
-The client is the address uvicorn gives the request: the TCP peer, or the visitor's address from
-X-Forwarded-For when the peer is a trusted proxy (uvicorn's FORWARDED_ALLOW_IPS, default 127.0.0.1 and ::1: a
-reverse proxy on the same host works as it is). Behind a proxy elsewhere (a hosting platform's), set
-FORWARDED_ALLOW_IPS to its address (or "*" when nothing but the proxy can reach the app); otherwise every
+The client is the address uvicorn gives the request: the TCP peer, or, when the peer is a trusted proxy
+(uvicorn's FORWARDED_ALLOW_IPS, default 127.0.0.1 and ::1), the right-most untrusted address in
+X-Forwarded-For. So behind a reverse proxy each visitor counts on their own when the proxy appends the peer it
+saw to X-Forwarded-For (nginx: `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;`) and, for a proxy
+on another host, FORWARDED_ALLOW_IPS names that proxy's address. Never "*": uvicorn then takes the left-most
+entry, which a client writes itself, and a guesser becomes a new visitor with every attempt. Without these, every
 visitor shares the proxy's address and one guesser slows everyone's login.
 """
 

@@ -91,6 +91,17 @@ class StepTimings:
                 best = (value, distance, ratio)
         return best
 
+    def _stage_pace(self, kind: str, stage: str, size: tuple[int, int, int],
+                    model: str) -> tuple[float, float, float, bool] | None:
+        """The pace for `stage` of `model`, nearest first: this model's own (this stage, then its other stage one
+        step further), then another model's (one step further still)."""
+        other = "sampling" if stage == "inversion" else "inversion"
+        for extra, wanted, of_model in ((0.0, stage, model), (1.0, other, model), (1.0, stage, None), (2.0, other, None)):
+            found = self._nearest_of(self._pace, (kind, wanted), size, of_model)
+            if found is not None:
+                return found[0], found[1] + extra, found[2], of_model is not None  # None: this model has no pace
+        return None
+
     def estimate(self, device: str, size: tuple[int, int, int], stage_flops: dict[str, float],
                  model: str = "") -> Estimate | None:
         """Seconds for an edit of `size` with video model `model` doing `stage_flops`; None before this device kind
@@ -103,13 +114,9 @@ class StepTimings:
                 flops = float(stage_flops.get(stage, 0.0))
                 if flops <= 0:
                     continue
-                found = self._nearest(self._pace, (kind, stage), size, model)
-                if found is None:  # this stage not measured yet: the other stage's pace at the nearest size
-                    other = "sampling" if stage == "inversion" else "inversion"
-                    found = self._nearest(self._pace, (kind, other), size, model)
-                    if found is None:
-                        return None
-                    found = (found[0], found[1] + 1.0, found[2], found[3])
+                found = self._stage_pace(kind, stage, size, model)
+                if found is None:
+                    return None
                 total += flops * found[0]
                 distance = max(distance, found[1])
                 same_model = same_model and found[3]
@@ -188,11 +195,15 @@ class EditTimings(StepTimings):
         if not flops or not flops.get("inversion") or not flops.get("sampling"):
             return None
         kind, key = device.split(":")[0], (int(frames), *size)
-        with self._lock:
-            inversion = self._nearest(self._pace, (kind, "inversion"), key, config.backbone)
-            sampling = self._nearest(self._pace, (kind, "sampling"), key, config.backbone)
-        if inversion is None or sampling is None:
-            return None
+        with self._lock:  # both paces of one model (this one's when it has both): their ratio is the point
+            models = [config.backbone] + sorted({k[2] for k in self._pace if k[0] == kind} - {config.backbone})
+            for model in models:
+                inversion = self._nearest_of(self._pace, (kind, "inversion"), key, model)
+                sampling = self._nearest_of(self._pace, (kind, "sampling"), key, model)
+                if inversion is not None and sampling is not None:
+                    break
+            else:
+                return None
         sampling_steps = max(int(config.steps) - int(config.start_index), 1)
         per_sampling_step = flops["sampling"] * sampling[0] / sampling_steps
         per_inversion_step = flops["inversion"] * inversion[0] / max(int(config.inversion_steps), 1)

@@ -467,7 +467,8 @@ def test_convert_seine_reads_sd_components_as_safetensors_only(official_files, t
     shutil.rmtree(pickled / "vae")
     tiny_autoencoder(scaling_factor=0.18215).save_pretrained(pickled / "vae", safe_serialization=False)
     assert list((pickled / "vae").glob("*.bin"))
-    with pytest.raises(ModelLoadError, match="safetensors only: download vae/diffusion_pytorch_model.safetensors"):
+    with pytest.raises(ModelLoadError, match=r"no .safetensors weights in vae/; they are read as safetensors only: "
+                                             "download vae/diffusion_pytorch_model.safetensors"):
         convert_seine(root / "seine.pt", pickled, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

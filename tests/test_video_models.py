@@ -162,6 +162,17 @@ def test_estimates_keep_each_video_models_pace(settings):
     assert seine.exact and seine.seconds == pytest.approx(150.0)
     assert timings.estimate_edit(configs["i2vgen-xl"], 8, (64, 64), "cpu").seconds == pytest.approx(30.0)
 
+    # A model whose first edit reused a cached inversion (sampling timed only) uses its own sampling pace for
+    # the inversion before another model's inversion pace.
+    from server.step_timing import StepTimings
+
+    paces = StepTimings()
+    flops = {"inversion": 1e9, "sampling": 1e9}
+    paces.record("cpu", (8, 64, 64), flops, {"inversion": 10.0, "sampling": 20.0}, "i2vgen-xl")
+    paces.record("cpu", (8, 64, 64), {"sampling": 1e9}, {"sampling": 40.0}, "seine")
+    estimate = paces.estimate("cpu", (8, 64, 64), flops, "seine")
+    assert estimate.same_model and not estimate.exact and estimate.seconds == pytest.approx(80.0)
+
 
 def _page_fn(demo, name):
     found = [fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__name__ == name]

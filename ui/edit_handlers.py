@@ -73,13 +73,13 @@ def video_model_handler(c: SimpleNamespace, fields: list[str], n_outputs: int):
             return [*[gr.skip()] * (n_outputs - 1), note]
         values = video_models.page_defaults(settings, name)
         top = max(values["steps"] - 1, 1)
-        model = video_models.label(name)
+        model, own = video_models.label(name), settings.base_config(name)  # own: the model's, not capped here
         # The size sits in step 1, far above this choice: its caption says the model set it.
         updates = {
             "start_index": gr.Slider(maximum=top, value=values["start_index"]),
-            "height": gr.Slider(value=values["height"], info=f"{values['width']}×{values['height']} is {model}'s "
-                                "size (set by the video model chosen in step 3)."),
-            "frames": gr.Slider(value=values["frames"], info=f"{values['frames']} is what {model} was trained on."),
+            "height": gr.Slider(value=values["height"], info=f"{own.width}×{own.height} is {model}'s size (the "
+                                "video model chosen in step 3 set it, within this server's limit)."),
+            "frames": gr.Slider(value=values["frames"], info=f"{own.frames} is what {model} was trained on."),
         }
         shown = [updates.get(key, values[key]) for key in fields]
         inversion = gr.Dropdown(choices=video_models.inversion_choices(settings, name, values["steps"]),

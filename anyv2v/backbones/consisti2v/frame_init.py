@@ -41,7 +41,7 @@ def frame_init(start: torch.Tensor, first_frame: torch.Tensor, alphas_cumprod: t
     over the F frames and diffused to `noise_level` with `start` as the noise (the reference's `add_noise`).
     Computed in float32 (FFTs), returned in `start`'s dtype."""
     source = start.float()
-    alpha = alphas_cumprod.to(source.device, torch.float32)[noise_level]
+    alpha = alphas_cumprod.to(source.device, torch.float32)[int(noise_level)]
     static = first_frame.to(source.device, torch.float32).expand_as(source)
     diffused = alpha**0.5 * static + (1 - alpha) ** 0.5 * source
     low_pass = gaussian_low_pass(*source.shape[-3:]).to(source.device)

@@ -123,6 +123,13 @@ def convert_seine(checkpoint: str | os.PathLike, sd_folder: str | os.PathLike, o
     for part in ("unet", "vae", "text_encoder", "tokenizer"):
         if not (sd / part).is_dir():
             raise ModelLoadError(f"--sd {sd} has no {part}/; give a Stable Diffusion 1.4 folder (CompVis/stable-diffusion-v1-4).")
+    pickled_only = [f"{part}/" for part in ("vae", "text_encoder") if not any((sd / part).glob("*.safetensors"))]
+    if pickled_only:
+        raise ModelLoadError(
+            f"--sd {sd} has no .safetensors weights in {' and '.join(pickled_only)}; they are read as safetensors only: "
+            "download vae/diffusion_pytorch_model.safetensors and text_encoder/model.safetensors from "
+            "CompVis/stable-diffusion-v1-4."
+        )
     state = read_checkpoint(checkpoint)
     unet = load_unet(state, unet_config_from_sd(sd), checkpoint)
     try:
@@ -132,11 +139,7 @@ def convert_seine(checkpoint: str | os.PathLike, sd_folder: str | os.PathLike, o
         tokenizer = CLIPTokenizer.from_pretrained(sd, subfolder="tokenizer")
     except (OSError, ValueError, EnvironmentError) as exc:
         first = first_line(exc)
-        raise ModelLoadError(
-            f"cannot read SD-1.4's components from {sd}: {first} (the VAE and text encoder are read as "
-            "safetensors only: download vae/diffusion_pytorch_model.safetensors and text_encoder/model.safetensors "
-            "from CompVis/stable-diffusion-v1-4)"
-        ) from None
+        raise ModelLoadError(f"cannot read SD-1.4's components from {sd}: {first}") from None
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
