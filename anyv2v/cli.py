@@ -20,7 +20,7 @@ _OVERRIDES = (
     "backbone", "inversion_save_steps", "model", "tau_conv", "tau_sa", "tau_ta", "start_index", "steps", "inversion_steps", "guidance",
     "negative_prompt", "random_ratio", "frames", "fps", "start_time", "seed", "device", "dtype",
     "cache_dir", "cache_max_gb", "resize_mode", "decode_chunk_size", "memory", "source_branch_frame",
-    "frame_init_noise_level",
+    "frame_init", "frame_init_noise_level",
 )
 
 
@@ -82,9 +82,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, sampling: bool = True) ->
             "edited (ConsistI2V's official code and its default there)",
         )
         group.add_argument(
-            "--frame-init", action="store_true", default=None,
+            "--frame-init", action=argparse.BooleanOptionalAction, default=None,
             help="ConsistI2V: FrameInit, the start latent's low frequencies from the edited first frame (default off, "
-            "as the official editing scripts)",
+            "as the official editing scripts; --no-frame-init turns a config file's off)",
         )
         group.add_argument(
             "--frame-init-noise-level", type=int, help="ConsistI2V: the noise level FrameInit diffuses to (default 850)"
@@ -121,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> EditConfig:
         changes["model"] = os.path.expanduser(changes["model"])
     if getattr(args, "size", None):
         changes["width"], changes["height"] = args.size
-    for flag in ("cpu_offload", "keep_audio", "frame_init"):
+    for flag in ("cpu_offload", "keep_audio"):
         if getattr(args, flag, None):
             changes[flag] = True
     return config.replace(**changes).validate()

@@ -298,13 +298,17 @@ def test_yaml_backbone_gets_its_defaults(tmp_path):
     assert config.frame_init and config.frame_init_noise_level == 700
 
 
-def test_cli_frame_init_flags():
+def test_cli_frame_init_flags(tmp_path):
     from anyv2v.cli import build_parser, config_from_args
 
     base = ["edit", "--video", "v.mp4", "--edited-frame", "f.png", "--prompt", "p", "--backbone", "consisti2v"]
     config = config_from_args(build_parser().parse_args([*base, "--frame-init", "--frame-init-noise-level", "700"]))
     assert config.frame_init and config.frame_init_noise_level == 700
     assert not config_from_args(build_parser().parse_args(base)).frame_init
+    path = tmp_path / "c.yaml"
+    path.write_text("frame_init: true\n")
+    assert config_from_args(build_parser().parse_args([*base, "--config", str(path)])).frame_init
+    assert not config_from_args(build_parser().parse_args([*base, "--config", str(path), "--no-frame-init"])).frame_init
     with pytest.raises(ConfigError, match="seine has none"):
         config_from_args(build_parser().parse_args([*base[:-1], "seine", "--frame-init"]))
 
