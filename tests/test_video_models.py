@@ -191,7 +191,8 @@ def test_the_pages_video_model_choice(settings, tiny_model, tmp_path):
     chosen = _page_fn(demo, "on_video_model")
     outputs = chosen.fn("consisti2v")
     by_id = {getattr(block, "elem_id", None): value for block, value in zip(chosen.outputs, outputs)}
-    assert by_id["width"] == by_id["height"] == 256 and by_id["guidance"] == 35.0
+    assert by_id["width"] == by_id["height"].value == 256 and by_id["guidance"] == 35.0
+    assert "256×256 is ConsistI2V's size" in by_id["height"].info and by_id["frames"].value == 16  # said in step 1
     assert by_id["start-index"].value == 4 and by_id["inversion-steps"].value == 100
     assert by_id["video-model-note"].startswith("Applied ConsistI2V's defaults")
     steps = _page_fn(demo, "on_steps")
