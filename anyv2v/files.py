@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -64,6 +65,30 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[s
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, replace: bool = False, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temp folder beside `path`; when the block succeeds, rename it into place as `path`: a model folder
+    complete or not at all. An existing `path` is removed first when `replace`, else it must be empty (the
+    caller checked; a folder filled meanwhile makes the rename fail). `mode`: the folder's mode (mkdtemp's 0700
+    otherwise). On any failure the temp folder is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.part-", dir=path.parent))
+    try:
+        if mode is not None:
+            os.chmod(tmp, mode)
+        yield tmp
+        if path.exists():
+            if replace:
+                shutil.rmtree(path)
+            else:
+                path.rmdir()  # empty: the rename needs the name free
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def check_output_dir(directory: str | os.PathLike) -> Path:

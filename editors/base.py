@@ -11,8 +11,6 @@ from __future__ import annotations
 import abc
 import math
 import os
-import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -26,6 +24,7 @@ from PIL import Image
 
 from anyv2v.device import oom_guard, resolve_device
 from anyv2v.errors import AnyV2VError, ModelLoadError, quoted
+from anyv2v.files import atomic_folder
 from anyv2v.video import load_image
 
 Progress = Callable[[float, str], None]
@@ -501,18 +500,11 @@ def load_tensors_only(path: Path, what: str, advice: str) -> Any:
 
 
 def save_dir_atomically(out: Path, save: Callable[[Path], Any]) -> Path:
-    """Run `save(tmp)` into a temp folder beside `out`, then rename it into place: no half-written model folders."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is ordinary shared data
+    """Run `save(tmp)` into a temp folder beside `out`, then rename it into place: no half-written model folders.
+    `out` is empty or absent (checked by empty_target_dir)."""
+    # 0o755: mkdtemp makes it private; a model folder is ordinary shared data
+    with atomic_folder(out, mode=0o755) as tmp:
         save(tmp)
-        if out.exists():
-            out.rmdir()  # empty (checked by empty_target_dir): the rename needs the name free
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

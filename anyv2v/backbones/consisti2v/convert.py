@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ...errors import ModelLoadError, OutputError, first_line
+from ...files import atomic_folder
 from . import COMPONENTS, LAYOUT
 
 WEIGHTS = {  # component -> (pickle name, safetensors name)
@@ -55,9 +55,7 @@ def convert_consisti2v(source: str | os.PathLike, out_dir: str | os.PathLike) ->
         raise ModelLoadError(f"{src} is not a ConsistI2V folder; give {LAYOUT}.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"{out} exists and is not an empty folder; choose a new OUT_DIR.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:  # empty or absent (checked above)
         shutil.copy2(src / "model_index.json", tmp / "model_index.json")
         for part in COMPONENTS:
             (tmp / part).mkdir()
@@ -81,10 +79,4 @@ def convert_consisti2v(source: str | os.PathLike, out_dir: str | os.PathLike) ->
                     first = first_line(exc)
                     raise ModelLoadError(f"{src / 'unet' / pickled} does not fit the ConsistI2V UNet: {first}") from None
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / part / safe), metadata={"format": "pt"})
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -44,6 +42,7 @@ def make_tiny_consisti2v(directory: str | os.PathLike, seed: int = 0) -> Path:
     from diffusers import DDIMScheduler
     from safetensors.torch import save_file
 
+    from ...files import atomic_folder
     from ...tiny import tiny_autoencoder, tiny_clip_text
     from .unet import ConsistI2VUNet
 
@@ -59,9 +58,7 @@ def make_tiny_consisti2v(directory: str | os.PathLike, seed: int = 0) -> Path:
                 param.uniform_(0.2, 0.8, generator=generator)
     vae = tiny_autoencoder(scaling_factor=0.18215)
     tokenizer, text_encoder = tiny_clip_text(32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
-    try:
+    with atomic_folder(out, replace=True) as tmp:  # the caller checked it may be replaced (empty, or --overwrite)
         (tmp / "unet").mkdir()
         config = {"_class_name": OFFICIAL_UNET_CLASS, "_diffusers_version": "0.21.2"}
         config.update({k: v for k, v in unet.config.items() if not k.startswith("_")})
@@ -78,10 +75,4 @@ def make_tiny_consisti2v(directory: str | os.PathLike, seed: int = 0) -> Path:
             "vae": ["diffusers", "AutoencoderKL"],
         }
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if out.exists():
-            shutil.rmtree(out)  # the caller checked it may be replaced (empty, or --overwrite)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

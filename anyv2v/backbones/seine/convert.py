@@ -18,13 +18,12 @@ import argparse
 import json
 import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ...errors import ModelLoadError, OutputError, first_line
+from ...files import atomic_folder
 from . import PIPELINE_CLASS, SCHEDULER
 
 # SD-1.x unet/config.json keys that SEINE's UNet takes over (the rest of its config is fixed by the layout).
@@ -141,16 +140,8 @@ def convert_seine(checkpoint: str | os.PathLike, sd_folder: str | os.PathLike, o
         first = first_line(exc)
         raise ModelLoadError(f"cannot read SD-1.4's components from {sd}: {first}") from None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:  # empty or absent (checked above)
         write_folder(tmp, unet, vae, text_encoder, tokenizer)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ TINY_UNET = {
 
 def make_tiny_seine(directory: str | os.PathLike, seed: int = 0) -> Path:
     """Save a tiny random SEINE (our UNet, SD-style VAE and CLIP text encoder) to `directory`."""
+    from ...files import atomic_folder
     from ...tiny import tiny_autoencoder, tiny_clip_text
     from .convert import write_folder
     from .unet import SeineUNet3D
@@ -40,14 +39,6 @@ def make_tiny_seine(directory: str | os.PathLike, seed: int = 0) -> Path:
                 param.normal_(0.0, 0.1, generator=generator)
     vae = tiny_autoencoder(scaling_factor=0.18215)
     tokenizer, text_encoder = tiny_clip_text(32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
-    try:
+    with atomic_folder(out, replace=True) as tmp:  # the caller checked it may be replaced (empty, or --overwrite)
         write_folder(tmp, unet, vae, text_encoder, tokenizer)
-        if out.exists():
-            shutil.rmtree(out)  # the caller checked it may be replaced (empty, or --overwrite)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
