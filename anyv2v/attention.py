@@ -36,6 +36,24 @@ def slice_rows(batch: int, length: int, max_tokens: int | None) -> int | None:
     return best
 
 
+def by_row_slices(batch: int, length: int, max_tokens: int | None,
+                  compute: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+    """`compute(rows)` for slices of dim 0 holding at most `max_tokens` tokens each (`slice_rows`), written into
+    one output tensor: no list of slices and no concatenated copy. Unsliced: one call over all rows."""
+    rows = slice_rows(batch, length, max_tokens) or batch
+    if rows == batch:
+        return compute(slice(0, batch))
+    output = None
+    for start in range(0, batch, rows):
+        part = slice(start, start + rows)
+        part_output = compute(part)
+        if output is None:
+            output = part_output.new_empty((batch, *part_output.shape[1:]))
+        output[part] = part_output
+        del part_output
+    return output
+
+
 def attention(
     attn,
     hidden_states: torch.Tensor,
@@ -77,11 +95,8 @@ def attention(
         # Multi-head attention pairs row i of the input with row i of the context (diffusers' UNets repeat the
         # text per frame); anything else would mix rows.
         raise ValueError(f"the attention context has {context.shape[0]} rows for {hidden_states.shape[0]} input rows")
-    rows = slice_rows(hidden_states.shape[0], hidden_states.shape[1], max_tokens) or hidden_states.shape[0]
-    output = None
-    for start in range(0, hidden_states.shape[0], rows):
-        part = slice(start, start + rows)
-        part_context = context[part]
+
+    def rows_output(part: slice) -> torch.Tensor:
         part_mask = attention_mask
         if attention_mask is not None and attention_mask.shape[0] == hidden_states.shape[0]:
             part_mask = attention_mask[part]
@@ -89,17 +104,9 @@ def attention(
             query, key = _query_key(attn, hidden_states, context, part)
         else:
             query, key = query_key(hidden_states, context, part)
-        value = attn.to_v(part_context)
-        part_output = _attend(attn, query, key, value, part_mask)
-        if rows == hidden_states.shape[0]:
-            output = part_output
-        else:
-            # Written into one output tensor: no list of slices and no concatenated copy.
-            if output is None:
-                output = part_output.new_empty((hidden_states.shape[0], *part_output.shape[1:]))
-            output[part] = part_output
-        del query, key, value, part_output
-    hidden_states = output
+        return _attend(attn, query, key, attn.to_v(context[part]), part_mask)
+
+    hidden_states = by_row_slices(hidden_states.shape[0], hidden_states.shape[1], max_tokens, rows_output)
     if input_ndim == 4:
         hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
     if attn.residual_connection:

@@ -133,7 +133,7 @@ class TemporalAttention(Attention):
         query_key=None,
         max_tokens: int | None = None,
     ) -> torch.Tensor:
-        from ...attention import slice_rows
+        from ...attention import by_row_slices
 
         if attention_mask is not None:
             raise ValueError("ConsistI2V's temporal attention takes no mask")
@@ -149,26 +149,18 @@ class TemporalAttention(Attention):
             k_pos = torch.cat([q_pos, torch.zeros(klen - qlen, device=x.device, dtype=torch.float32)])
         else:  # text keys: not rotated
             k_pos = None
-        rows = slice_rows(x.shape[0], qlen, max_tokens) or x.shape[0]
-        output = None
-        for start in range(0, x.shape[0], rows):
-            part = slice(start, start + rows)
+
+        def rows_output(part: slice) -> torch.Tensor:
             if query_key is None:
                 query, key = self.to_q(x[part]), self.to_k(context[part])
             else:
                 query, key = query_key(x, context, part)
-            value = self.to_v(context[part])
             query = self.rotary_emb.rotate(query, q_pos)
             if k_pos is not None:
                 key = self.rotary_emb.rotate(key, k_pos)
-            out = self._attend(query, key, value)
-            if rows == x.shape[0]:
-                output = out
-            else:
-                if output is None:
-                    output = out.new_empty((x.shape[0], *out.shape[1:]))
-                output[part] = out
-        return output
+            return self._attend(query, key, self.to_v(context[part]))
+
+        return by_row_slices(x.shape[0], qlen, max_tokens, rows_output)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         n = query.shape[0]

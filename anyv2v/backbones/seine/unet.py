@@ -163,30 +163,22 @@ class TemporalAttention(Attention):
     ) -> torch.Tensor:
         """`anyv2v.attention.attention` for this module: `query_key(inputs, context, rows)` may give Q and K (before
         the rotary embedding, as the reference injects them), `max_tokens` computes a slice of rows at a time."""
-        from ...attention import slice_rows
+        from ...attention import by_row_slices
 
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("SEINE's temporal attention is a self-attention without a mask")
         x = hidden_states
         frames = x.shape[1]
         bias = self.time_rel_pos_bias(frames, x.device).to(x.dtype)  # [heads, F, F]
-        rows = slice_rows(x.shape[0], frames, max_tokens) or x.shape[0]
-        output = None
-        for start in range(0, x.shape[0], rows):
-            part = slice(start, start + rows)
+
+        def rows_output(part: slice) -> torch.Tensor:
             if query_key is None:
                 query, key = self.to_q(x[part]), self.to_k(x[part])
             else:
                 query, key = query_key(x, x, part)
-            value = self.to_v(x[part])
-            out = self._attend(query, key, value, bias)
-            if rows == x.shape[0]:
-                output = out
-            else:
-                if output is None:
-                    output = out.new_empty((x.shape[0], *out.shape[1:]))
-                output[part] = out
-        return output
+            return self._attend(query, key, self.to_v(x[part]), bias)
+
+        return by_row_slices(x.shape[0], frames, max_tokens, rows_output)
 
     def _attend(self, query, key, value, bias):
         n, f, inner = query.shape
