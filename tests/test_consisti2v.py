@@ -225,6 +225,33 @@ def test_frame_init_is_an_option_of_consisti2v_only(ci2v, inverted):
         config.replace(frame_init=True, frame_init_noise_level=1000).validate()
 
 
+def test_sliced_attention_equals_plain_and_really_slices(ci2v):
+    """The bounded-memory option on ConsistI2V's UNet: the same output, with the temporal attention (frames plus
+    first-frame neighbours per pixel) and the spatial one computed a slice of rows at a time."""
+    from anyv2v.memory import sliced_attention
+
+    unet = ci2v.unet
+    x, text, first = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 77, 32), torch.randn(1, 4, 1, 8, 8)
+    rows = Counter()
+    handles = [m.to_v.register_forward_hook(lambda mod, args, out, n=name: rows.update([n]))
+               for name, m in unet.named_modules() if hasattr(m, "set_processor")]
+    try:
+        with torch.no_grad():
+            plain = unet(x, torch.tensor(300), text, first, 3)
+            plain_rows = Counter(rows)
+            rows.clear()
+            with sliced_attention(unet, max_tokens=16):
+                cut = unet(x, torch.tensor(300), text, first, 3)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(cut, plain, rtol=1e-5, atol=1e-5)
+    temporal = "down_blocks.0.tempo_attns.0.transformer_blocks.0.attn1"
+    spatial = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    assert plain_rows[temporal] == 1 and rows[temporal] == 16  # 64 pixels, 4 a slice
+    assert plain_rows[spatial] == 1 and rows[spatial] == 4  # 4 frames (the first prepended), one a slice
+
+
 def test_sequential_branches_equal_batched(ci2v, tiny_ci2v, demo, tmp_path):
     """Batch-1 calls (the source's features captured: spatial keys from [frame | first frame], temporal keys from
     [frames | first-frame neighbours]) equal the batched call. At 128x128: at 64x64 the tiny UNet's 1x1 bottom level
