@@ -298,8 +298,8 @@ def wire_frame_clicks(c: SimpleNamespace, p: SimpleNamespace) -> None:
             p.first_frame.select(h.make_click_fn(editor, list(editor.click_inputs)), [p.clip_state, p.active_editor],
                                  click_widgets, concurrency_limit=1, concurrency_id=GPU_CONCURRENCY_ID,
                                  api_visibility="private")
-    p.editor_tabs_row.select(h.on_editor_tab, None, p.active_editor, queue=False, api_visibility="private")
-    p.editor_tabs_row.select(h.on_tab_candidates, None, [p.gallery, p.use_btn], queue=False, api_visibility="private")
+    p.editor_tabs_row.select(h.on_editor_tab, None, [p.active_editor, p.gallery, p.use_btn], queue=False,
+                             api_visibility="private")
     for editor, widgets, _, _ in p.editor_tabs:  # editors with a target box (AnyDoor), pixel coordinates shown
         if "box" in widgets:
             p.first_frame.select(h.make_box_fn(editor.name), [p.clip_state, p.active_editor, p.box_corner],

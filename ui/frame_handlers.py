@@ -106,21 +106,18 @@ def click_handlers(c: SimpleNamespace) -> SimpleNamespace:
 
         return on_frame_click
 
-    def on_editor_tab(evt: gr.SelectData) -> str | None:
+    def on_editor_tab(evt: gr.SelectData) -> tuple[Any, Any, Any]:
+        """The editor shown, and the candidates gallery and its "Use this frame" button shown only on tabs that
+        make candidates (the manual tab has its own button: two "use" buttons there confused people)."""
         titles = {editor.title: editor.name for editor in available.values()}
         names = list(available)
-        if str(evt.value) in titles:
-            return titles[str(evt.value)]
-        return names[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(names) else gr.skip()
-
-    def on_tab_candidates(evt: gr.SelectData) -> tuple[Any, Any]:
-        """The candidates gallery and its "Use this frame" button only on tabs that make candidates (the manual
-        tab has its own button: two "use" buttons there confused people)."""
-        name = on_editor_tab(evt)
-        editor = available.get(name) if isinstance(name, str) else None
-        if editor is None:
-            return gr.skip(), gr.skip()
-        return gr.update(visible=editor.supports_candidates), gr.update(visible=editor.supports_candidates)
+        name = titles.get(str(evt.value))
+        if name is None and isinstance(evt.index, int) and 0 <= evt.index < len(names):
+            name = names[evt.index]
+        if name is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        shown = available[name].supports_candidates
+        return name, gr.update(visible=shown), gr.update(visible=shown)
 
     def make_box_fn(name: str) -> Callable[..., Any]:
         def on_box_click(state: dict | None, shown: str | None, corner: list[int] | None, evt: gr.SelectData):
@@ -134,5 +131,4 @@ def click_handlers(c: SimpleNamespace) -> SimpleNamespace:
 
         return on_box_click
 
-    return SimpleNamespace(make_click_fn=make_click_fn, on_editor_tab=on_editor_tab, on_tab_candidates=on_tab_candidates,
-                           make_box_fn=make_box_fn)
+    return SimpleNamespace(make_click_fn=make_click_fn, on_editor_tab=on_editor_tab, make_box_fn=make_box_fn)
